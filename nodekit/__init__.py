@@ -1,0 +1,30 @@
+"""nodekit: neural ordinary differential equations on JAX."""
+
+from ._errors import (
+    CheckpointError as CheckpointError,
+    ConfigError as ConfigError,
+    InputError as InputError,
+    NodekitError as NodekitError,
+    SolverError as SolverError,
+    TrainingFault as TrainingFault,
+)
+from ._odeint import (
+    ADJOINTS as ADJOINTS,
+    RK4 as RK4,
+    SOLVERS as SOLVERS,
+    SolveStats as SolveStats,
+    odeint as odeint,
+)
+from ._version import __version__ as __version__
+from ._fields import (
+    ACTIVATIONS as ACTIVATIONS,
+    AbstractVectorField as AbstractVectorField,
+    FunctionField as FunctionField,
+    MLPField as MLPField,
+    SecondOrderField as SecondOrderField,
+)
+from ._neural_ode import (
+    BATCH_MODES as BATCH_MODES,
+    NeuralODE as NeuralODE,
+    Solution as Solution,
+)

@@ -1,0 +1,128 @@
+"""The exception types nodekit raises, and the helpers that word their messages.
+
+Three kinds of failure, each with its own type and exit code in the CLI:
+
+- bad input (a config, an argument, a file, a shape) -> `InputError` / `ConfigError` /
+  `CheckpointError`, exit code 2;
+- a fault while training (non-finite loss, solver failure) -> `TrainingFault`, exit code 3.
+
+Every message says what is wrong, where, and what to do next.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Sequence
+
+
+class NodekitError(Exception):
+    """Base class of every error nodekit raises on purpose."""
+
+    exit_code: int = 1
+
+
+class InputError(NodekitError, ValueError):
+    """Bad input: a value, a shape, a file. The CLI exits with code 2.
+
+    **Example:**
+
+    ```python
+    try:
+        nodekit.odeint(f, y0, ts, solver="dopri")
+    except nodekit.InputError as e:
+        print(e)   # unknown solver 'dopri'; did you mean 'dopri5'? ...
+    ```
+    """
+
+    exit_code = 2
+
+
+class ConfigError(InputError):
+    """A config value is wrong. The message names the key path, the bad value and what
+    is allowed. The CLI exits with code 2 and prints only the message.
+
+    **Arguments:**
+
+    - `path`: dotted key path, e.g. `"solver.rtol"`.
+    - `message`: what is wrong and what is allowed.
+    """
+
+    def __init__(self, path: str, message: str):
+        self.path = path
+        self.message = message
+        super().__init__(f"{path}: {message}" if path else message)
+
+
+class CheckpointError(InputError):
+    """A checkpoint cannot be used (corrupt, truncated, or from another model/config)."""
+
+
+class TrainingFault(NodekitError, RuntimeError):
+    """Training stopped on a fault (non-finite loss, solver failure). Exit code 3.
+
+    The last good checkpoint is kept; the message says what to try.
+    """
+
+    exit_code = 3
+
+    def __init__(self, message: str, *, step: int | None = None, status: str = "fault"):
+        self.step = step
+        self.status = status
+        super().__init__(message)
+
+
+class SolverError(TrainingFault):
+    """An ODE solve failed (too many steps, step size collapse, non-finite state)."""
+
+
+def closest(name: str, options: Iterable[str]) -> str | None:
+    """The option closest to `name`, or `None` when nothing is close."""
+    matches = difflib.get_close_matches(str(name), list(options), n=1, cutoff=0.5)
+    return matches[0] if matches else None
+
+
+def unknown_name_message(kind: str, name: object, options: Sequence[str]) -> str:
+    """`unknown solver 'dopri'; did you mean 'dopri5'? Allowed: ...`"""
+    options = sorted(options)
+    hint = closest(str(name), options)
+    did_you_mean = f"; did you mean {hint!r}?" if hint is not None else "."
+    return f"unknown {kind} {name!r}{did_you_mean} Allowed: {', '.join(options)}."
+
+
+def solver_failure_message(
+    result: str,
+    *,
+    solver: str | None = None,
+    rtol: float | None = None,
+    atol: float | None = None,
+    max_steps: int | None = None,
+) -> str:
+    """Turn a diffrax result name into a message that says what to try."""
+    where = f"solver {solver!r}" if solver else "the solver"
+    tol = f" (rtol={rtol:g}, atol={atol:g})" if rtol is not None and atol is not None else ""
+    if result == "max_steps_reached":
+        return (
+            f"the ODE solve hit max_steps={max_steps} before reaching the end time with "
+            f"{where}{tol}. The dynamics are probably stiff or fast. Try looser tolerances "
+            "(e.g. rtol=1e-4, atol=1e-6), a stiff solver (solver='kvaerno5'), "
+            "a regulariser that keeps the dynamics simple (regularisation: kinetic), "
+            "or a larger max_steps."
+        )
+    if result == "dt_min_reached":
+        return (
+            f"the step size of {where}{tol} collapsed. The dynamics are probably stiff: "
+            "try solver='kvaerno5', float64 (JAX_ENABLE_X64=1) or looser tolerances."
+        )
+    if result == "nonfinite":
+        return (
+            f"the ODE state became non-finite (NaN or inf) during the solve with {where}. "
+            "Try a smaller learning rate, gradient clipping (optimizer.clip_norm), "
+            "tighter tolerances or a stiff solver."
+        )
+    if result.startswith("nonlinear") or result in ("singular", "breakdown", "stagnation"):
+        return (
+            f"the implicit solver's root find failed ({result}) with {where}{tol}. "
+            "Try a smaller dt0, looser tolerances or an explicit solver if the problem "
+            "is not stiff."
+        )
+    return f"the ODE solve failed with {where}{tol}: {result}."

@@ -1,0 +1,341 @@
+"""`odeint`: a functional ODE solve on Diffrax, with solvers, adjoints and controllers
+chosen by name, solver statistics, and errors that say what to do."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, ClassVar, NamedTuple
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._errors import InputError, SolverError, solver_failure_message, unknown_name_message
+
+
+_rk4_tableau = diffrax.ButcherTableau(
+    c=np.array([0.5, 0.5, 1.0]),
+    b_sol=np.array([1 / 6, 1 / 3, 1 / 3, 1 / 6]),
+    b_error=np.zeros(4),
+    a_lower=(np.array([0.5]), np.array([0.0, 0.5]), np.array([0.0, 0.0, 1.0])),
+)
+
+
+class RK4(diffrax.AbstractERK):
+    """The classical fourth-order Runge–Kutta method (fixed step only: no error
+    estimate)."""
+
+    tableau: ClassVar[diffrax.ButcherTableau] = _rk4_tableau
+    interpolation_cls: ClassVar[Callable[..., diffrax.AbstractLocalInterpolation]] = (
+        diffrax.ThirdOrderHermitePolynomialInterpolation.from_k
+    )
+
+    def order(self, terms):
+        return 4
+
+
+class _SolverInfo(NamedTuple):
+    cls: type
+    adaptive: bool  # has an embedded error estimate
+    evals_per_step: int  # vector-field evaluations per attempted step
+    fsal: bool  # first-same-as-last: one extra evaluation at the start
+
+
+def _info(cls: type, adaptive: bool) -> _SolverInfo:
+    tableau = cls.tableau
+    stages = len(tableau.c) + 1
+    fsal = bool(getattr(tableau, "fsal", False))
+    return _SolverInfo(cls, adaptive, stages - 1 if fsal else stages, fsal)
+
+
+#: Solvers by name. `adaptive` solvers accept `dt0=None` (PID step-size control).
+SOLVERS: dict[str, _SolverInfo] = {
+    "euler": _SolverInfo(diffrax.Euler, False, 1, False),
+    "midpoint": _info(diffrax.Midpoint, True),
+    "heun": _info(diffrax.Heun, True),
+    "ralston": _info(diffrax.Ralston, True),
+    "rk4": _info(RK4, False),
+    "bosh3": _info(diffrax.Bosh3, True),
+    "dopri5": _info(diffrax.Dopri5, True),
+    "tsit5": _info(diffrax.Tsit5, True),
+    "dopri8": _info(diffrax.Dopri8, True),
+    "kvaerno5": _info(diffrax.Kvaerno5, True),
+}
+
+#: Adjoint (gradient) methods by name.
+ADJOINTS = ("recursive", "backsolve", "direct")
+
+_RESULT_NAMES = list(diffrax.RESULTS._name_to_item.keys())
+
+
+class SolveStats(eqx.Module):
+    """Statistics of one solve (arrays, so they work under `jit` and `vmap`).
+
+    **Fields:**
+
+    - `nfe`: vector-field evaluations in the forward solve. Explicit methods: exact
+      (stages per attempted step, FSAL counted once, plus the evaluations that choose
+      the first step). Implicit methods: stage evaluations, not counting the extra
+      evaluations inside Newton iterations.
+    - `num_steps`: attempted steps; `num_accepted`, `num_rejected`.
+    - `result`: Diffrax's result code (0 is success); `failed` is `result != 0`.
+    """
+
+    nfe: jax.Array
+    num_steps: jax.Array
+    num_accepted: jax.Array
+    num_rejected: jax.Array
+    result: jax.Array
+
+    @property
+    def failed(self) -> jax.Array:
+        return self.result != 0
+
+
+def result_name(code: int) -> str:
+    """The Diffrax result name for an integer result code (`0 -> 'successful'`)."""
+    return _RESULT_NAMES[int(code)]
+
+
+def get_solver(name: str) -> diffrax.AbstractSolver:
+    """A Diffrax solver instance from its nodekit name (see `SOLVERS`)."""
+    if name not in SOLVERS:
+        raise InputError(unknown_name_message("solver", name, list(SOLVERS)))
+    return SOLVERS[name].cls()
+
+
+def _is_tracer(x) -> bool:
+    return isinstance(x, jax.core.Tracer)
+
+
+def _describe(tree) -> str:
+    leaves = jax.tree_util.tree_leaves(tree)
+    if len(leaves) == 1:
+        return f"{tuple(leaves[0].shape)} {leaves[0].dtype}"
+    return str(jax.tree_util.tree_map(lambda x: f"{tuple(x.shape)} {x.dtype}", tree))
+
+
+def field_name(func) -> str:
+    """A readable name for a vector field: its class or its function name."""
+    if isinstance(func, eqx.Module):
+        return type(func).__name__
+    return getattr(func, "__qualname__", None) or type(func).__name__
+
+
+def check_field(func, t0, y0, args) -> None:
+    """Refuse, before compiling, a vector field whose output does not match the state.
+
+    Runs the field abstractly (`jax.eval_shape`: no FLOPs, no compilation) and compares
+    tree structure, shapes and dtypes with `y0`.
+
+    **Raises:** `InputError` naming the field and both shapes.
+    """
+    try:
+        out = jax.eval_shape(func, t0, y0, args)
+    except InputError:
+        raise
+    except Exception as e:  # the field cannot even be called on the state
+        raise InputError(
+            f"vector field {field_name(func)} could not be evaluated on a state of "
+            f"shape {_describe(y0)}: {type(e).__name__}: {e}"
+        ) from e
+    y_struct = jax.tree_util.tree_structure(y0)
+    o_struct = jax.tree_util.tree_structure(out)
+    y_leaves = jax.tree_util.tree_leaves(y0)
+    o_leaves = jax.tree_util.tree_leaves(out)
+    same = y_struct == o_struct and all(
+        tuple(a.shape) == tuple(b.shape) and a.dtype == b.dtype
+        for a, b in zip(y_leaves, o_leaves)
+    )
+    if not same:
+        raise InputError(
+            f"vector field {field_name(func)} returns {_describe(out)} but the state y0 "
+            f"is {_describe(y0)}; dy/dt must have the shape and dtype of y. Check the "
+            "field's output size (e.g. MLPField(in_size=..., out_size=...)) against the "
+            "state, including any augmented dimensions."
+        )
+
+
+def _check_ts(ts) -> None:
+    if ts.ndim != 1 or ts.shape[0] < 2:
+        raise InputError(
+            f"ts must be a 1-D array of at least two times (t0 first), got shape "
+            f"{tuple(ts.shape)}."
+        )
+    if not _is_tracer(ts):
+        diffs = np.diff(np.asarray(ts))
+        if not (np.all(diffs > 0) or np.all(diffs < 0)):
+            raise InputError(
+                "ts must be strictly increasing (or strictly decreasing for a backward "
+                "solve); repeated or unsorted times were given."
+            )
+
+
+def make_adjoint(name: str, solver, controller) -> diffrax.AbstractAdjoint:
+    """A Diffrax adjoint from its nodekit name.
+
+    - `recursive`: backpropagate through the solver's operations, with binomial
+      checkpointing (exact gradients of the discretised solve; memory O(log steps)).
+    - `backsolve`: the continuous adjoint (solve the adjoint ODE backwards; memory
+      O(1) in the number of steps; gradients accurate to the solver tolerance).
+    - `direct`: backpropagate through the solve without checkpointing (supports
+      forward-mode autodiff, e.g. `jax.jvp`, at a higher memory cost).
+    """
+    if name == "recursive":
+        return diffrax.RecursiveCheckpointAdjoint()
+    if name == "backsolve":
+        return diffrax.BacksolveAdjoint(solver=solver, stepsize_controller=controller)
+    if name == "direct":
+        return diffrax.DirectAdjoint()
+    raise InputError(unknown_name_message("adjoint", name, ADJOINTS))
+
+
+def _stats(sol, info: _SolverInfo, adaptive: bool, dt0_given: bool) -> SolveStats:
+    num_steps = sol.stats["num_steps"]
+    init = 0
+    if info.fsal:
+        init += 1
+    if adaptive and not dt0_given:
+        init += 2  # the controller's first-step guess evaluates the field twice
+    return SolveStats(
+        nfe=init + info.evals_per_step * num_steps,
+        num_steps=num_steps,
+        num_accepted=sol.stats["num_accepted_steps"],
+        num_rejected=sol.stats["num_rejected_steps"],
+        result=sol.result._value,
+    )
+
+
+def _raise_on_failure(ys, stats: SolveStats, message_kwargs: dict):
+    result = stats.result
+    if not _is_tracer(result):
+        codes = np.atleast_1d(np.asarray(result))
+        bad = codes[codes != 0]
+        if bad.size:
+            raise SolverError(solver_failure_message(result_name(bad[0]), **message_kwargs))
+        return ys
+    messages = [solver_failure_message(n, **message_kwargs) for n in _RESULT_NAMES]
+    first = jax.tree_util.tree_leaves(ys)[0]
+    first = eqx.branched_error_if(first, result != 0, result, messages)
+    leaves, treedef = jax.tree_util.tree_flatten(ys)
+    return jax.tree_util.tree_unflatten(treedef, [first] + leaves[1:])
+
+
+def odeint(
+    func: Callable[[Any, Any, Any], Any],
+    y0,
+    ts,
+    *,
+    solver: str = "tsit5",
+    rtol: float = 1e-6,
+    atol: float = 1e-8,
+    dt0: float | None = None,
+    adjoint: str = "recursive",
+    max_steps: int = 4096,
+    args: Any = None,
+    return_stats: bool = False,
+    throw: bool = True,
+    check: bool = True,
+):
+    """Solve `dy/dt = func(t, y, args)` from `y0` at `ts[0]`, returning `y` at every `ts`.
+
+    Like `torchdiffeq.odeint`, but the field takes `(t, y, args)` (Diffrax's order) and
+    everything is differentiable, `jax.jit`-able and `jax.vmap`-able.
+
+    **Arguments:**
+
+    - `func`: the vector field `func(t, y, args) -> dy/dt`, same pytree/shape/dtype as `y`.
+    - `y0`: the initial state (an array or any pytree of arrays).
+    - `ts`: 1-D times, strictly increasing or decreasing; `ts[0]` is the initial time.
+    - `solver`: one of `euler, midpoint, heun, ralston, rk4, bosh3, dopri5, tsit5, dopri8,
+      kvaerno5` (the last is implicit, for stiff problems).
+    - `rtol`, `atol`: tolerances of the adaptive (PID) step-size controller.
+    - `dt0`: `None` for adaptive stepping; a number for fixed steps of that size
+      (required by `euler` and `rk4`, which have no error estimate).
+    - `adjoint`: `"recursive"` (backprop through the solver, checkpointed),
+      `"backsolve"` (continuous adjoint) or `"direct"` (supports forward-mode AD).
+    - `max_steps`: the most steps the solver may take. Keep it sane: backprop cost grows
+      with `log(max_steps)`.
+    - `args`: passed to `func` unchanged.
+    - `return_stats`: also return a `SolveStats` (NFE, steps, result code).
+    - `throw`: raise on solver failure with a message saying what to try. With
+      `throw=False`, failures come back in `stats.result` (use it in batched training).
+    - `check`: check the field's output shape against `y0` before compiling.
+
+    **Returns:**
+
+    `ys` with shape `(len(ts), *y0.shape)` (for pytrees, each leaf gains the leading
+    axis), or `(ys, stats)` with `return_stats=True`.
+
+    **Raises:**
+
+    `InputError` for bad arguments or a field whose output does not match the state;
+    `SolverError` (or, inside `jit`, an `EquinoxRuntimeError` with the same message)
+    when the solve fails and `throw=True`.
+
+    **Example:**
+
+    ```python
+    import jax.numpy as jnp
+    import nodekit
+
+    ts = jnp.linspace(0.0, 1.0, 11)
+    ys = nodekit.odeint(lambda t, y, args: -y, jnp.array([1.0]), ts, solver="dopri5")
+    # ys[-1] ~ exp(-1)
+    ```
+    """
+    if solver not in SOLVERS:
+        raise InputError(unknown_name_message("solver", solver, list(SOLVERS)))
+    if adjoint not in ADJOINTS:
+        raise InputError(unknown_name_message("adjoint", adjoint, ADJOINTS))
+    info = SOLVERS[solver]
+    if not (rtol > 0 and atol > 0):
+        raise InputError(f"rtol and atol must be positive, got rtol={rtol}, atol={atol}.")
+    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
+        raise InputError(f"max_steps must be a positive integer, got {max_steps!r}.")
+    if dt0 is None and not info.adaptive:
+        raise InputError(
+            f"solver {solver!r} has no error estimate, so it needs a fixed step size: "
+            "pass dt0=... (or choose an adaptive solver such as 'tsit5')."
+        )
+    if dt0 is not None and not _is_tracer(dt0) and not dt0 != 0:
+        raise InputError("dt0 must be non-zero.")
+    ts = jnp.asarray(ts)
+    if not jnp.issubdtype(ts.dtype, jnp.floating):
+        ts = ts.astype(jnp.result_type(float))
+    _check_ts(ts)
+    t0, t1 = ts[0], ts[-1]
+    if check:
+        check_field(func, t0, y0, args)
+
+    term = diffrax.ODETerm(func)
+    solver_obj = info.cls()
+    if dt0 is None:
+        controller = diffrax.PIDController(rtol=rtol, atol=atol)
+    else:
+        controller = diffrax.ConstantStepSize()
+        dt0 = jnp.where(t1 >= t0, jnp.abs(dt0), -jnp.abs(dt0))
+    sol = diffrax.diffeqsolve(
+        term,
+        solver_obj,
+        t0,
+        t1,
+        dt0,
+        y0,
+        args=args,
+        saveat=diffrax.SaveAt(ts=ts),
+        stepsize_controller=controller,
+        adjoint=make_adjoint(adjoint, solver_obj, controller),
+        max_steps=max_steps,
+        throw=False,
+    )
+    stats = _stats(sol, info, adaptive=dt0 is None, dt0_given=dt0 is not None)
+    ys = sol.ys
+    if throw:
+        ys = _raise_on_failure(
+            ys, stats, dict(solver=solver, rtol=rtol, atol=atol, max_steps=max_steps)
+        )
+    if return_stats:
+        return ys, stats
+    return ys
