@@ -104,7 +104,8 @@ def solver_failure_message(
         return (
             f"the ODE solve hit max_steps={max_steps} before reaching the end time with "
             f"{where}{tol}. The dynamics are probably stiff or fast. Try looser tolerances "
-            "(e.g. rtol=1e-4, atol=1e-6), a stiff solver (solver='kvaerno5'), "
+            "(e.g. rtol=1e-4, atol=1e-6), a stiff solver (solver='kvaerno5', best in float64: "
+            "precision: float64 or JAX_ENABLE_X64=1), "
             "a regulariser that keeps the dynamics simple (regularisation: kinetic), "
             "or a larger max_steps."
         )

@@ -1,0 +1,470 @@
+"""The training loop: one compiled step, metrics, guards, checkpoints, eval, summary."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from ._checkpoint import load_checkpoint, save_checkpoint, read_header
+from ._config import Config, OptimizerConfig, dump_yaml, load_config, validate
+from ._errors import (
+    CheckpointError,
+    InputError,
+    SolverError,
+    TrainingFault,
+    solver_failure_message,
+)
+from ._odeint import result_name
+from ._tasks import AbstractTask, make_task
+
+_PROCESS_START = time.perf_counter()
+
+
+# ----------------------------------------------------------------- optimiser
+
+
+def make_optimizer(cfg: OptimizerConfig, total_steps: int) -> optax.GradientTransformation:
+    """An Optax optimiser from its config: name, learning rate and schedule, gradient
+    clipping, weight decay and extra keyword arguments.
+
+    **Example:**
+
+    ```python
+    optim = make_optimizer(OptimizerConfig(name="adamw", learning_rate=3e-3,
+                                           schedule="warmup_cosine", warmup_steps=100), 1000)
+    ```
+    """
+    lr: Any = cfg.learning_rate
+    if cfg.schedule == "cosine":
+        lr = optax.cosine_decay_schedule(cfg.learning_rate, total_steps, alpha=cfg.decay_rate)
+    elif cfg.schedule == "warmup_cosine":
+        lr = optax.warmup_cosine_decay_schedule(
+            0.0, cfg.learning_rate, max(cfg.warmup_steps, 1), max(total_steps, cfg.warmup_steps + 1),
+            end_value=cfg.learning_rate * cfg.decay_rate,
+        )
+    elif cfg.schedule == "exponential":
+        lr = optax.exponential_decay(cfg.learning_rate, total_steps, cfg.decay_rate)
+    kwargs = dict(cfg.kwargs)
+    if cfg.name == "adamw":
+        kwargs.setdefault("weight_decay", cfg.weight_decay)
+    try:
+        base = getattr(optax, cfg.name)(lr, **kwargs)
+    except TypeError as e:
+        raise InputError(f"optimizer.kwargs: {cfg.name} does not accept {sorted(cfg.kwargs)}: {e}") from None
+    chain = []
+    if cfg.clip_norm is not None:
+        chain.append(optax.clip_by_global_norm(cfg.clip_norm))
+    if cfg.weight_decay and cfg.name != "adamw":
+        chain.append(optax.add_decayed_weights(cfg.weight_decay))
+    chain.append(base)
+    return optax.chain(*chain) if len(chain) > 1 else base
+
+
+# ----------------------------------------------------------------- the step
+
+
+def make_step(loss_fn: Callable, optim: optax.GradientTransformation) -> Callable:
+    """One compiled training step: value-and-grad of `loss_fn(model, batch, key)`, an
+    Optax update, and a guard that leaves the model and optimiser state unchanged when
+    the loss or the gradients are non-finite (the step is then reported, not applied).
+
+    **Returns:** `step(model, opt_state, batch, key) -> (model, opt_state, metrics)`.
+    """
+
+    @eqx.filter_jit
+    def step(model, opt_state, batch, key):
+        (loss, aux), grads = eqx.filter_value_and_grad(loss_fn, has_aux=True)(model, batch, key)
+        params = eqx.filter(model, eqx.is_inexact_array)
+        updates, new_opt_state = optim.update(grads, opt_state, params)
+        new_model = eqx.apply_updates(model, updates)
+        grad_norm = optax.global_norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        keep = lambda new, old: jax.tree_util.tree_map(
+            lambda a, b: jnp.where(finite, a, b) if eqx.is_array(a) else a, new, old
+        )
+        metrics = dict(aux, loss=loss, grad_norm=grad_norm, finite=finite)
+        return keep(new_model, model), keep(new_opt_state, opt_state), metrics
+
+    return step
+
+
+# ----------------------------------------------------------------- helpers
+
+
+def enable_compile_cache(path: str | None = None) -> str:
+    """Turn on JAX's persistent compilation cache (default `~/.cache/nodekit/xla`, or
+    `$NODEKIT_CACHE_DIR`). A second run with the same config and shapes then loads the
+    compiled step instead of compiling it."""
+    path = path or os.environ.get("NODEKIT_CACHE_DIR") or str(Path.home() / ".cache" / "nodekit" / "xla")
+    Path(path).mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+    return path
+
+
+def _to_host(metrics: dict) -> dict:
+    out = {}
+    for k, v in jax.device_get(metrics).items():
+        v = np.asarray(v)
+        out[k] = bool(v) if v.dtype == bool else float(v)
+    return out
+
+
+def _json_float(x):
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+class _Workdir:
+    def __init__(self, path: Path):
+        self.path = path
+        self.ckpt_dir = path / "checkpoints"
+        self.plot_dir = path / "plots"
+        self.latest = self.ckpt_dir / "latest.nkc"
+        self.best = self.ckpt_dir / "best.nkc"
+        self.metrics = path / "metrics.jsonl"
+        self.summary = path / "summary.json"
+        self.config = path / "config.yaml"
+
+    def prepare(self):
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self.ckpt_dir.mkdir(exist_ok=True)
+            self.plot_dir.mkdir(exist_ok=True)
+            probe = self.path / ".write-test"
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as e:
+            raise InputError(
+                f"workdir {str(self.path)!r} is not writable ({e.strerror}); choose another "
+                "with --workdir."
+            ) from None
+
+
+class _Progress:
+    """A live progress bar with loss and NFE (rich), or nothing."""
+
+    def __init__(self, enabled: bool, total: int, start: int):
+        self.bar = None
+        if enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(
+                TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("loss {task.fields[loss]}  nfe {task.fields[nfe]}"),
+                TimeRemainingColumn(), transient=False,
+            )
+            self.task = self.bar.add_task("train", total=total, completed=start, loss="-", nfe="-")
+            self.bar.start()
+
+    def update(self, step: int, loss: float, nfe: float):
+        if self.bar is not None:
+            self.bar.update(self.task, completed=step, loss=f"{loss:.4g}", nfe=f"{nfe:.0f}")
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.stop()
+
+
+class _Stop:
+    """SIGINT/SIGTERM set a flag; the loop checkpoints and stops cleanly."""
+
+    def __init__(self):
+        self.signal = None
+        self._old = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        self.signal = signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+# ----------------------------------------------------------------- train
+
+
+def train(config: Config | dict | str | Path, workdir: str | Path, *, restart: bool = False,
+          progress: bool | None = None) -> dict:
+    """Train the model a config describes, writing the run's files into `workdir`.
+
+    Rerunning into a workdir that holds a checkpoint resumes it (same config required);
+    `restart=True` starts afresh and overwrites it.
+
+    **Arguments:**
+
+    - `config`: a `Config`, raw config data (a dict), or the path of a YAML file.
+    - `workdir`: folder for `config.yaml`, `metrics.jsonl`, `summary.json`,
+      `checkpoints/` and `plots/`.
+    - `restart`: ignore any checkpoint in `workdir`.
+    - `progress`: show a live progress bar (default: `config.train.progress`).
+
+    **Returns:** the summary (also written to `summary.json`).
+
+    **Raises:** `ConfigError`/`InputError`/`CheckpointError` for bad input (nothing is
+    trained), `TrainingFault` when training stops on a fault (the last good checkpoint
+    is kept; the summary records the status).
+
+    **Example:**
+
+    ```python
+    summary = nodekit.train("configs/spiral.yaml", "runs/spiral")
+    print(summary["final_loss"], summary["time_to_first_step_s"])
+    ```
+    """
+    t_start = time.perf_counter()
+    if isinstance(config, (str, Path)):
+        config = load_config(config)
+    elif isinstance(config, dict):
+        config = validate(config)
+    wd = _Workdir(Path(workdir))
+    wd.prepare()
+    if config.precision == "float64":
+        jax.config.update("jax_enable_x64", True)
+    if config.train.compile_cache:
+        enable_compile_cache()
+
+    task = make_task(config)
+    key = jax.random.PRNGKey(config.seed)
+    model_key, train_key = jax.random.split(key)
+    model = task.make_model(model_key)
+    optim = make_optimizer(config.optimizer, config.train.steps)
+    opt_state = optim.init(eqx.filter(model, eqx.is_inexact_array))
+
+    start_step, best = 0, math.inf
+    resumed = False
+    if wd.latest.exists() and not restart:
+        (model, opt_state), header = load_checkpoint(wd.latest, (model, opt_state),
+                                                     config_hash=config.hash())
+        start_step = header["step"]
+        best = header["meta"].get("best", math.inf) or math.inf
+        resumed = True
+    elif restart:
+        for f in (wd.latest, wd.best, wd.metrics, wd.summary):
+            f.unlink(missing_ok=True)
+
+    wd.config.write_text(
+        f"# resolved config written by nodekit; rerun with: nodekit train {wd.config}\n"
+        + dump_yaml(config)
+    )
+    history = _truncate_metrics(wd.metrics, start_step) if resumed else []
+
+    runner = _Runner(config, task, optim, wd, train_key, best)
+    runner.history = history
+    show = config.train.progress if progress is None else progress
+    return runner.run(model, opt_state, start_step, t_start, show, resumed)
+
+
+def _truncate_metrics(path: Path, step: int) -> list[dict]:
+    """Drop metric rows past the checkpoint (they are recomputed on resume); returns the
+    kept training rows, so the summary covers the whole run."""
+    if not path.exists():
+        return []
+    keep, rows = [], []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+            if row["step"] < step:
+                keep.append(line)
+                if not row.get("eval"):
+                    rows.append(row)
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue
+    path.write_text("".join(l + "\n" for l in keep))
+    return rows
+
+
+class _Runner:
+    def __init__(self, config: Config, task: AbstractTask, optim, wd: _Workdir, train_key, best):
+        self.config, self.task, self.wd = config, task, wd
+        self.train_key = train_key
+        self.best = best
+        self.step_fn = make_step(task.loss, optim)
+        self.eval_fn = eqx.filter_jit(task.evaluate)
+        self.history: list[dict] = []
+        self.last_eval: dict = {}
+
+    # -- checkpoints
+    def save(self, path: Path, state, step: int):
+        save_checkpoint(path, state, step=step, config_hash=self.config.hash(),
+                        meta={"best": _json_float(self.best)})
+
+    def run(self, model, opt_state, start: int, t_start: float, show: bool, resumed: bool) -> dict:
+        cfg = self.config.train
+        total = cfg.steps
+        bar = _Progress(show, total, start)
+        metrics_file = open(self.wd.metrics, "a")
+        state = (model, opt_state)
+        status, fault = "ok", None
+        t_first = first_step_s = None
+        pending = None  # (step, metrics, state_before, state_after, t_dispatch)
+        last_done = time.perf_counter()
+        self.t_loop = time.perf_counter()
+        try:
+            with _Stop() as stop:
+                for step in range(start, total + 1):
+                    if step < total:
+                        batch = self.task.batch(step)
+                        key = jax.random.fold_in(self.train_key, step)
+                        new_model, new_opt, m = self.step_fn(state[0], state[1], batch, key)
+                        new_state = (new_model, new_opt)
+                    if pending is not None:
+                        p_step, p_metrics, p_before, p_after = pending
+                        host = _to_host(p_metrics)
+                        now = time.perf_counter()
+                        host["step_time_s"] = now - last_done
+                        last_done = now
+                        if t_first is None:
+                            t_first = now - _PROCESS_START
+                            first_step_s = now - self.t_loop
+                        self._check(p_step, host, p_before)
+                        done = p_step + 1
+                        host["step"] = p_step
+                        self._log(metrics_file, host, p_step)
+                        bar.update(done, host["loss"], host.get("nfe_forward", float("nan")))
+                        if done % cfg.eval_every == 0 or done == total:
+                            self._eval(p_after[0], done, metrics_file)
+                            if self.last_eval.get("eval_loss", math.inf) < self.best:
+                                self.best = self.last_eval["eval_loss"]
+                                self.save(self.wd.best, p_after, done)
+                        if done % cfg.checkpoint_every == 0 or done == total:
+                            self.save(self.wd.latest, p_after, done)
+                        if stop.signal is not None:
+                            self.save(self.wd.latest, p_after, done)
+                            status = f"stopped ({stop.signal})"
+                            state = p_after
+                            break
+                    if step < total:
+                        pending = (step, m, state, new_state)
+                        state = new_state
+        except TrainingFault as e:
+            status, fault = e.status, e
+        finally:
+            bar.close()
+            metrics_file.close()
+        final_model = state[0]
+        if start >= total and fault is None:
+            self._eval(final_model, total, None)
+        summary = self._summary(status, final_model, t_start, t_first, first_step_s, start, fault)
+        if fault is not None:
+            raise fault
+        return summary
+
+    def _check(self, step: int, host: dict, state_before):
+        cfg = self.config.train
+        bs = cfg.batch_size
+        fails = host.get("failures", 0.0)
+        if fails > cfg.max_solver_failures * bs:
+            self.save(self.wd.latest, state_before, step)
+            msg = solver_failure_message(
+                result_name(int(host.get("solver_result", 1))), solver=self.config.solver.name,
+                rtol=self.config.solver.rtol, atol=self.config.solver.atol,
+                max_steps=self.config.solver.max_steps,
+            )
+            raise SolverError(
+                f"step {step}: {int(fails)} of {bs} solves in the batch failed "
+                f"(train.max_solver_failures={cfg.max_solver_failures}). Likely cause: {msg} "
+                f"The last good checkpoint (step {step}) is in {self.wd.latest}.",
+                step=step, status="solver_failure",
+            )
+        if not host["finite"]:
+            bad = [k for k in ("loss_task",) + tuple(k for k in host if k.startswith("reg_"))
+                   if k in host and not math.isfinite(host[k])]
+            if not math.isfinite(host.get("grad_norm", 0.0)) and math.isfinite(host["loss"]):
+                bad.append("gradients")
+            what = ", ".join(bad) or "loss"
+            if cfg.on_nonfinite == "skip_step":
+                host["skipped"] = True
+                return
+            self.save(self.wd.latest, state_before, step)
+            raise TrainingFault(
+                f"step {step}: non-finite value in {what}; the update was not applied. "
+                f"The last good checkpoint (step {step}) is in {self.wd.latest}. Try a smaller "
+                "optimizer.learning_rate, optimizer.clip_norm (e.g. 1.0), tighter solver "
+                "tolerances, a smaller regulariser weight, or train.on_nonfinite=skip_step.",
+                step=step, status="nonfinite",
+            )
+
+    def _log(self, f, host: dict, step: int):
+        cfg = self.config.train
+        row = {"step": step, "loss": host["loss"]}
+        for k, v in host.items():
+            if k not in row and k != "finite":
+                row[k] = v
+        row.setdefault("nfe_forward", None)
+        adj = self.config.solver.adjoint
+        # Backprop through the solver makes one vector-Jacobian product per forward
+        # evaluation; the continuous adjoint's backward count is not observable here.
+        row["nfe_backward"] = row["nfe_forward"] if adj in ("recursive", "direct") else None
+        self.history.append(row)
+        if step % cfg.log_every == 0 or step == cfg.steps - 1:
+            f.write(json.dumps({k: _json_float(v) for k, v in row.items()}) + "\n")
+            f.flush()
+
+    def _eval(self, model, step: int, f):
+        ev = _to_host(self.eval_fn(model))
+        self.last_eval = ev
+        if f is None:
+            return
+        f.write(json.dumps({"step": step - 1, "eval": True, **{k: _json_float(v) for k, v in ev.items()}}) + "\n")
+
+    def _summary(self, status, model, t_start, t_first, first_step_s, start, fault) -> dict:
+        h = self.history
+        last = h[-1] if h else {}
+        def mean(key):
+            vals = [r[key] for r in h if r.get(key) is not None]
+            return float(np.mean(vals)) if vals else None
+        summary = {
+            "status": status,
+            "steps": max((h[-1]["step"] + 1) if h else 0, start),
+            "resumed_from_step": start,
+            "final_loss": last.get("loss"),
+            "final_loss_task": last.get("loss_task"),
+            "eval_loss": self.last_eval.get("eval_loss"),
+            "best_eval_loss": _json_float(self.best),
+            "eval_nfe": self.last_eval.get("eval_nfe"),
+            "wall_time_s": time.perf_counter() - t_start,
+            "time_to_first_step_s": t_first,
+            "first_step_s": first_step_s,
+            "step_time_median_s": float(np.median([r["step_time_s"] for r in h[1:]])) if len(h) > 1 else None,
+            "nfe_forward_mean": mean("nfe_forward"),
+            "nfe_backward_mean": mean("nfe_backward"),
+            "solver_failures": float(sum(r.get("failures", 0.0) for r in h)),
+            "config_hash": self.config.hash(),
+        }
+        if fault is not None:
+            summary["message"] = str(fault)
+        try:
+            from .plots import plot_loss
+
+            plots = [plot_loss(self.wd.metrics, self.wd.plot_dir / "loss.png")]
+            if status == "ok" or h:
+                plots += self.task.plot(model, self.wd.plot_dir)
+            summary["plots"] = [str(p) for p in plots if p]
+        except Exception as e:  # a plot must never lose a run
+            summary["plot_error"] = f"{type(e).__name__}: {e}"
+        from ._checkpoint import atomic_write_bytes
+
+        atomic_write_bytes(self.wd.summary, (json.dumps({k: _json_float(v) for k, v in summary.items()}, indent=2) + "\n").encode())
+        return summary

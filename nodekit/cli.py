@@ -1,0 +1,136 @@
+"""The `nodekit` command line: thin argument parsing over the library.
+
+Exit codes: 0 success; 2 bad input (config, arguments, files) with one message and no
+traceback; 3 a training fault (non-finite loss, solver failure) with what to try.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="nodekit", description="Neural ODEs on JAX.")
+    p.add_argument("--debug", action="store_true", help="show Python tracebacks on errors")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train from a YAML config (resumes a run in its workdir)")
+    t.add_argument("config", help="YAML config file")
+    t.add_argument("--workdir", help="run folder (default: runs/<config name>)")
+    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set solver.rtol=1e-5 (repeatable)")
+    t.add_argument("--restart", action="store_true",
+                   help="ignore the workdir's checkpoint and start afresh")
+    t.add_argument("--no-progress", action="store_true", help="no live progress bar")
+    t.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+
+    v = sub.add_parser("validate", help="check a config and print the resolved one")
+    v.add_argument("config")
+    v.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    v.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+
+    r = sub.add_parser("reproduce", help="run a paper experiment and write report.md")
+    r.add_argument("name", nargs="?", help="experiment name (see --list)")
+    r.add_argument("--list", action="store_true", help="list the experiments")
+    r.add_argument("--quick", action="store_true", help="a small version (about a minute)")
+    r.add_argument("--workdir", help="output folder (default: runs/reproduce/<name>)")
+    r.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+
+    i = sub.add_parser("info", help="print versions and devices")
+    i.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    return p
+
+
+def _cmd_train(args) -> int:
+    from ._config import load_config
+    from ._train import train
+
+    config = load_config(args.config, args.overrides)
+    workdir = Path(args.workdir) if args.workdir else Path("runs") / Path(args.config).stem
+    progress = False if args.no_progress or not sys.stderr.isatty() else None
+    summary = train(config, workdir, restart=args.restart, progress=progress)
+    def fmt(key, text, spec=".5g"):
+        value = summary.get(key)
+        return f", {text} {value:{spec}}" if value is not None else ""
+
+    print(f"done: {summary['steps']} steps" + fmt("final_loss", "final loss")
+          + fmt("eval_loss", "eval loss") + fmt("wall_time_s", "wall time (s)", ".1f")
+          + fmt("time_to_first_step_s", "first step after (s)", ".2f"))
+    print(f"summary: {workdir / 'summary.json'}")
+    for p in summary.get("plots", []):
+        print(f"plot:    {p}")
+    return 0
+
+
+def _cmd_validate(args) -> int:
+    from ._config import dump_yaml, load_config
+
+    config = load_config(args.config, args.overrides)
+    sys.stdout.write(dump_yaml(config))
+    print(f"# ok: {args.config} is valid (config hash {config.hash()})", file=sys.stderr)
+    return 0
+
+
+def _cmd_reproduce(args) -> int:
+    from ._errors import InputError, unknown_name_message
+    from .experiments import EXPERIMENTS, run_experiment
+
+    if args.list or not args.name:
+        if not args.list:
+            raise InputError("give an experiment name, or --list to see them.")
+        for name, exp in EXPERIMENTS.items():
+            print(f"{name:28s} {exp.claim}")
+        return 0
+    if args.name not in EXPERIMENTS:
+        raise InputError(unknown_name_message("experiment", args.name, list(EXPERIMENTS)))
+    workdir = Path(args.workdir) if args.workdir else Path("runs") / "reproduce" / args.name
+    report = run_experiment(args.name, workdir, quick=args.quick)
+    print(f"report: {report}")
+    return 0
+
+
+def _cmd_info(args) -> int:
+    import diffrax
+    import equinox
+    import jax
+    import optax
+
+    from . import __version__
+
+    print(f"nodekit  {__version__}")
+    print(f"python   {sys.version.split()[0]}")
+    for mod in (jax, equinox, diffrax, optax):
+        print(f"{mod.__name__:8s} {mod.__version__}")
+    print(f"backend  {jax.default_backend()}")
+    for d in jax.devices():
+        print(f"device   {d.platform}:{d.id} {getattr(d, 'device_kind', '')}")
+    return 0
+
+
+_COMMANDS = {"train": _cmd_train, "validate": _cmd_validate, "reproduce": _cmd_reproduce,
+             "info": _cmd_info}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `nodekit` console script; returns the exit code."""
+    args = _parser().parse_args(argv)
+    from ._errors import NodekitError
+
+    try:
+        return _COMMANDS[args.command](args)
+    except NodekitError as e:
+        if args.debug:
+            raise
+        kind = "training stopped" if e.exit_code == 3 else "error"
+        print(f"nodekit: {kind}: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("nodekit: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
