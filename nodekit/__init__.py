@@ -28,3 +28,9 @@ from ._neural_ode import (
     NeuralODE as NeuralODE,
     Solution as Solution,
 )
+from ._config import (
+    Config as Config,
+    load_config as load_config,
+    validate as validate_config,
+)
+from ._train import make_optimizer as make_optimizer, make_step as make_step, train as train

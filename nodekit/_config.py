@@ -116,6 +116,20 @@ class TrainConfig(_Strict):
     )
     progress: bool = True
     compile_cache: bool = True
+    devices: Union[PosInt, Literal["all"]] = Field(
+        1, description="data-parallel devices: a count or 'all' (batch sharded, params replicated)"
+    )
+
+
+class DistributedConfig(_Strict):
+    """Multi-host start-up through `jax.distributed.initialize`. Leave the fields unset
+    to read them from the usual environment (SLURM, Open MPI, Cloud TPU, or
+    JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID)."""
+
+    enabled: bool = False
+    coordinator_address: str | None = None
+    num_processes: PosInt | None = None
+    process_id: NonNegInt | None = None
 
 
 class SpiralData(_Strict):
@@ -195,6 +209,7 @@ class Config(_Strict):
     regularisation: RegularisationConfig = RegularisationConfig()
     optimizer: OptimizerConfig = OptimizerConfig()
     train: TrainConfig = TrainConfig()
+    distributed: DistributedConfig = DistributedConfig()
 
     def to_dict(self) -> dict:
         """The fully resolved config as plain YAML-able data."""
@@ -206,6 +221,7 @@ class Config(_Strict):
         with the same hash."""
         d = self.to_dict()
         d["train"] = {"batch_size": d["train"]["batch_size"]}
+        d.pop("distributed")
         blob = json.dumps(d, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 

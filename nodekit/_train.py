@@ -20,6 +20,7 @@ from ._checkpoint import load_checkpoint, save_checkpoint, read_header
 from ._config import Config, OptimizerConfig, dump_yaml, load_config, validate
 from ._errors import (
     CheckpointError,
+    ConfigError,
     InputError,
     SolverError,
     TrainingFault,
@@ -112,6 +113,44 @@ def enable_compile_cache(path: str | None = None) -> str:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
     return path
+
+
+def setup_devices(config: Config):
+    """The data-parallel layout for a run: `(mesh, batch_sharding, replicated)`.
+
+    A 1-D `Mesh` named `"batch"` over the first `train.devices` devices (all of them for
+    `"all"`, across hosts after `jax.distributed.initialize`): batches are split along
+    their leading axis, parameters and optimiser state are replicated, and XLA inserts
+    the gradient all-reduce. One device is the same code path with a mesh of one.
+
+    **Raises:** `ConfigError` when more devices are asked for than exist, or the batch
+    size does not divide among them.
+    """
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    dist = config.distributed
+    if dist.enabled and not jax.distributed.is_initialized():
+        jax.distributed.initialize(
+            coordinator_address=dist.coordinator_address,
+            num_processes=dist.num_processes,
+            process_id=dist.process_id,
+        )
+    available = jax.devices()
+    n = len(available) if config.train.devices == "all" else config.train.devices
+    if n > len(available):
+        raise ConfigError(
+            "train.devices",
+            f"got {n}, but only {len(available)} {available[0].platform} device(s) are "
+            "visible. Use 'all' or a smaller count (on CPU, XLA_FLAGS="
+            "--xla_force_host_platform_device_count=N makes N host devices).",
+        )
+    if config.train.batch_size % n:
+        raise ConfigError(
+            "train.batch_size",
+            f"got {config.train.batch_size}: must be divisible by the {n} devices of train.devices.",
+        )
+    mesh = Mesh(np.array(available[:n]), ("batch",))
+    return mesh, NamedSharding(mesh, PartitionSpec("batch")), NamedSharding(mesh, PartitionSpec())
 
 
 def _to_host(metrics: dict) -> dict:
@@ -270,8 +309,11 @@ def train(config: Config | dict | str | Path, workdir: str | Path, *, restart: b
     )
     history = _truncate_metrics(wd.metrics, start_step) if resumed else []
 
+    mesh, batch_sharding, replicated = setup_devices(config)
+    model, opt_state = eqx.filter_shard((model, opt_state), replicated)
     runner = _Runner(config, task, optim, wd, train_key, best)
     runner.history = history
+    runner.batch_sharding = batch_sharding
     show = config.train.progress if progress is None else progress
     return runner.run(model, opt_state, start_step, t_start, show, resumed)
 
@@ -325,7 +367,7 @@ class _Runner:
             with _Stop() as stop:
                 for step in range(start, total + 1):
                     if step < total:
-                        batch = self.task.batch(step)
+                        batch = jax.device_put(self.task.batch(step), self.batch_sharding)
                         key = jax.random.fold_in(self.train_key, step)
                         new_model, new_opt, m = self.step_fn(state[0], state[1], batch, key)
                         new_state = (new_model, new_opt)
