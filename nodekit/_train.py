@@ -16,7 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ._checkpoint import load_checkpoint, save_checkpoint, read_header
+from ._checkpoint import load_checkpoint, save_checkpoint
+from ._compiled_step import CompiledStep
 from ._config import Config, OptimizerConfig, dump_yaml, load_config, validate
 from ._errors import (
     CheckpointError,
@@ -75,15 +76,9 @@ def make_optimizer(cfg: OptimizerConfig, total_steps: int) -> optax.GradientTran
 # ----------------------------------------------------------------- the step
 
 
-def make_step(loss_fn: Callable, optim: optax.GradientTransformation) -> Callable:
-    """One compiled training step: value-and-grad of `loss_fn(model, batch, key)`, an
-    Optax update, and a guard that leaves the model and optimiser state unchanged when
-    the loss or the gradients are non-finite (the step is then reported, not applied).
+def step_body(loss_fn: Callable, optim: optax.GradientTransformation) -> Callable:
+    """The un-jitted training step (see `make_step`)."""
 
-    **Returns:** `step(model, opt_state, batch, key) -> (model, opt_state, metrics)`.
-    """
-
-    @eqx.filter_jit
     def step(model, opt_state, batch, key):
         (loss, aux), grads = eqx.filter_value_and_grad(loss_fn, has_aux=True)(model, batch, key)
         params = eqx.filter(model, eqx.is_inexact_array)
@@ -98,6 +93,31 @@ def make_step(loss_fn: Callable, optim: optax.GradientTransformation) -> Callabl
         return keep(new_model, model), keep(new_opt_state, opt_state), metrics
 
     return step
+
+
+def make_step(loss_fn: Callable, optim: optax.GradientTransformation) -> Callable:
+    """One compiled training step: value-and-grad of `loss_fn(model, batch, key)`, an
+    Optax update, and a guard that leaves the model and optimiser state unchanged when
+    the loss or the gradients are non-finite (the step is then reported, not applied).
+
+    **Arguments:**
+
+    - `loss_fn`: `loss_fn(model, batch, key) -> (loss, aux)` with `aux` a dict of scalars.
+    - `optim`: an Optax optimiser (e.g. from `make_optimizer`).
+
+    **Returns:** `step(model, opt_state, batch, key) -> (model, opt_state, metrics)`,
+    wrapped in `eqx.filter_jit`; `metrics` holds `aux` plus `loss`, `grad_norm`, `finite`.
+    (`nodekit.train` runs the same body over flat arrays, cached on disk: see
+    `nodekit._compiled_step`.)
+
+    **Example:**
+
+    ```python
+    step = nodekit.make_step(loss_fn, optax.adam(1e-3))
+    model, opt_state, metrics = step(model, opt_state, batch, jax.random.PRNGKey(0))
+    ```
+    """
+    return eqx.filter_jit(step_body(loss_fn, optim))
 
 
 # ----------------------------------------------------------------- helpers
@@ -311,9 +331,17 @@ def train(config: Config | dict | str | Path, workdir: str | Path, *, restart: b
 
     mesh, batch_sharding, replicated = setup_devices(config)
     model, opt_state = eqx.filter_shard((model, opt_state), replicated)
-    runner = _Runner(config, task, optim, wd, train_key, best)
+    t_step_start = time.perf_counter()  # the first step's clock: trace/load + compile + run
+    example_batch = jax.device_put(task.batch(start_step), batch_sharding)
+    single = mesh.devices.size == 1
+    cache_dir = enable_compile_cache() if config.train.compile_cache and single else None
+    compiled = CompiledStep(step_body(task.loss, optim), model, opt_state, example_batch,
+                            train_key, cache_dir=cache_dir, key_material=config.to_dict())
+    runner = _Runner(config, task, compiled, wd, train_key, best)
     runner.history = history
     runner.batch_sharding = batch_sharding
+    runner.t_step_start = t_step_start
+    runner.compile_s = time.perf_counter() - t_step_start
     show = config.train.progress if progress is None else progress
     return runner.run(model, opt_state, start_step, t_start, show, resumed)
 
@@ -338,18 +366,19 @@ def _truncate_metrics(path: Path, step: int) -> list[dict]:
 
 
 class _Runner:
-    def __init__(self, config: Config, task: AbstractTask, optim, wd: _Workdir, train_key, best):
+    def __init__(self, config: Config, task: AbstractTask, compiled: CompiledStep, wd: _Workdir,
+                 train_key, best):
         self.config, self.task, self.wd = config, task, wd
         self.train_key = train_key
         self.best = best
-        self.step_fn = make_step(task.loss, optim)
+        self.compiled = compiled
         self.eval_fn = eqx.filter_jit(task.evaluate)
         self.history: list[dict] = []
         self.last_eval: dict = {}
 
     # -- checkpoints
-    def save(self, path: Path, state, step: int):
-        save_checkpoint(path, state, step=step, config_hash=self.config.hash(),
+    def save(self, path: Path, leaves, step: int):
+        save_checkpoint(path, self.compiled.unflatten(leaves), step=step, config_hash=self.config.hash(),
                         meta={"best": _json_float(self.best)})
 
     def run(self, model, opt_state, start: int, t_start: float, show: bool, resumed: bool) -> dict:
@@ -357,20 +386,18 @@ class _Runner:
         total = cfg.steps
         bar = _Progress(show, total, start)
         metrics_file = open(self.wd.metrics, "a")
-        state = (model, opt_state)
+        state = self.compiled.flatten(model, opt_state)
         status, fault = "ok", None
         t_first = first_step_s = None
         pending = None  # (step, metrics, state_before, state_after, t_dispatch)
-        last_done = time.perf_counter()
-        self.t_loop = time.perf_counter()
+        last_done = self.t_step_start
         try:
             with _Stop() as stop:
                 for step in range(start, total + 1):
                     if step < total:
                         batch = jax.device_put(self.task.batch(step), self.batch_sharding)
                         key = jax.random.fold_in(self.train_key, step)
-                        new_model, new_opt, m = self.step_fn(state[0], state[1], batch, key)
-                        new_state = (new_model, new_opt)
+                        new_state, m = self.compiled(state, batch, key)
                     if pending is not None:
                         p_step, p_metrics, p_before, p_after = pending
                         host = _to_host(p_metrics)
@@ -379,14 +406,14 @@ class _Runner:
                         last_done = now
                         if t_first is None:
                             t_first = now - _PROCESS_START
-                            first_step_s = now - self.t_loop
+                            first_step_s = now - self.t_step_start
                         self._check(p_step, host, p_before)
                         done = p_step + 1
                         host["step"] = p_step
                         self._log(metrics_file, host, p_step)
                         bar.update(done, host["loss"], host.get("nfe_forward", float("nan")))
                         if done % cfg.eval_every == 0 or done == total:
-                            self._eval(p_after[0], done, metrics_file)
+                            self._eval(self.compiled.unflatten(p_after)[0], done, metrics_file)
                             if self.last_eval.get("eval_loss", math.inf) < self.best:
                                 self.best = self.last_eval["eval_loss"]
                                 self.save(self.wd.best, p_after, done)
@@ -405,7 +432,7 @@ class _Runner:
         finally:
             bar.close()
             metrics_file.close()
-        final_model = state[0]
+        final_model = self.compiled.unflatten(state)[0]
         if start >= total and fault is None:
             self._eval(final_model, total, None)
         summary = self._summary(status, final_model, t_start, t_first, first_step_s, start, fault)
@@ -489,12 +516,16 @@ class _Runner:
             "wall_time_s": time.perf_counter() - t_start,
             "time_to_first_step_s": t_first,
             "first_step_s": first_step_s,
+            "compile_s": self.compile_s,
             "step_time_median_s": float(np.median([r["step_time_s"] for r in h[1:]])) if len(h) > 1 else None,
             "nfe_forward_mean": mean("nfe_forward"),
             "nfe_backward_mean": mean("nfe_backward"),
             "solver_failures": float(sum(r.get("failures", 0.0) for r in h)),
             "config_hash": self.config.hash(),
+            "step_source": self.compiled.source,
         }
+        if self.compiled.cache_error:
+            summary["step_cache_error"] = self.compiled.cache_error
         if fault is not None:
             summary["message"] = str(fault)
         try:

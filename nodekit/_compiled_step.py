@@ -1,0 +1,167 @@
+"""The training step as a function of flat arrays, traced once and cached on disk.
+
+Two start-up and dispatch levers live here:
+
+- **Flat leaves.** `eqx.filter_jit` re-partitions the model and optimiser state into
+  arrays and static parts on every call. The training loop instead keeps the state as a
+  flat list of arrays and calls a plain `jax.jit` function of `(leaves, batch, key)`, so
+  the per-step host work is one dispatch.
+- **Serialised trace.** Tracing the step (Python running through Equinox, Diffrax and
+  Optax) costs seconds. The traced step is exported with `jax.export` and stored under
+  the cache folder, keyed by the full config, the shapes and dtypes, the library
+  versions, nodekit's own source and the device kind. A warm run loads it and skips
+  tracing; JAX's persistent compilation cache then skips the XLA compile as well.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import equinox as eqx
+import jax
+import numpy as np
+
+from ._checkpoint import atomic_write_bytes
+
+
+@contextlib.contextmanager
+def no_host_callbacks():
+    """Trace with Equinox's runtime checks in `nan` mode instead of host callbacks.
+
+    Diffrax validates `SaveAt(ts)` with `eqx.error_if`, which inserts host callbacks;
+    those stop `jax.export` and JAX's persistent compilation cache. Training solves run
+    with `throw=False`, their times are validated on the host, and a tripped check gives
+    NaN, which the step's non-finite guard reports. Scoped to the trace: user code that
+    calls `odeint(throw=True)` keeps its errors.
+    """
+    import equinox._errors as eqx_errors
+
+    old = eqx_errors.EQX_ON_ERROR
+    eqx_errors.EQX_ON_ERROR = "nan" if old == "raise" else old
+    try:
+        yield
+    finally:
+        eqx_errors.EQX_ON_ERROR = old
+
+
+def _spec(x):
+    return jax.ShapeDtypeStruct(np.shape(x), x.dtype)
+
+
+def _source_hash() -> str:
+    """Hash of nodekit's own source files (an edited library never loads a stale step)."""
+    h = hashlib.sha256()
+    root = Path(__file__).parent
+    for p in sorted(root.rglob("*.py")):
+        h.update(str(p.relative_to(root)).encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def _versions() -> dict:
+    import diffrax
+    import jaxlib
+    import optax
+
+    from ._version import __version__
+
+    return {"jax": jax.__version__, "jaxlib": jaxlib.__version__, "equinox": eqx.__version__,
+            "diffrax": diffrax.__version__, "optax": optax.__version__, "nodekit": __version__}
+
+
+class CompiledStep:
+    """A training step over flat arrays, optionally loaded from the on-disk step cache.
+
+    **Arguments:**
+
+    - `step_body`: `body(model, opt_state, batch, key) -> (model, opt_state, metrics)`
+      (pure JAX; not yet jitted).
+    - `model`, `opt_state`, `batch`, `key`: examples fixing the structure and shapes.
+    - `cache_dir`: folder for serialised steps, or `None` to trace every time.
+    - `key_material`: JSON-able data identifying the step (e.g. the resolved config).
+
+    **Example:**
+
+    ```python
+    cs = CompiledStep(body, model, opt_state, batch, key, cache_dir=None, key_material={})
+    leaves = cs.flatten(model, opt_state)
+    leaves, metrics = cs(leaves, batch, key)
+    model, opt_state = cs.unflatten(leaves)
+    ```
+    """
+
+    def __init__(self, step_body: Callable, model, opt_state, batch, key, *,
+                 cache_dir: str | Path | None, key_material: Any):
+        dynamic, self._static = eqx.partition((model, opt_state), eqx.is_array)
+        leaves, self._treedef = jax.tree_util.tree_flatten(dynamic)
+        self.source = "traced"
+        self.cache_error: str | None = None
+
+        treedef, static = self._treedef, self._static
+
+        def flat_step(leaves, batch, key):
+            model, opt_state = eqx.combine(jax.tree_util.tree_unflatten(treedef, leaves), static)
+            model, opt_state, metrics = step_body(model, opt_state, batch, key)
+            new_leaves = jax.tree_util.tree_leaves(eqx.filter((model, opt_state), eqx.is_array))
+            return new_leaves, metrics
+
+        self._jitted = jax.jit(flat_step)
+        specs = jax.tree_util.tree_map(_spec, (leaves, batch, key))
+        self._specs = specs
+        self.path = None
+        if cache_dir is None:
+            self._call = self._compile(self._jitted)
+            return
+        material = {
+            "key": key_material,
+            "specs": jax.tree_util.tree_map(lambda s: [list(s.shape), str(s.dtype)], specs),
+            "versions": _versions(),
+            "source": _source_hash(),
+            "device": [jax.default_backend(), jax.devices()[0].device_kind],
+            "x64": bool(jax.config.jax_enable_x64),
+        }
+        digest = hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()
+        self.path = Path(cache_dir) / "steps" / f"{digest[:32]}.jaxexport"
+        try:
+            fn = self._load_or_export(specs)
+        except Exception as e:  # the cache is an optimisation: never fail a run over it
+            self.cache_error = f"{type(e).__name__}: {e}"
+            fn, self.source = self._jitted, "traced"
+        self._call = self._compile(fn)
+
+    def _compile(self, fn):
+        """Trace (unless loaded) and compile now, so the timing and the scope of
+        `no_host_callbacks` are both explicit."""
+        with no_host_callbacks():
+            return fn.lower(*self._specs).compile()
+
+    def _load_or_export(self, specs):
+        from jax import export
+
+        if self.path.exists():
+            try:
+                exported = export.deserialize(bytearray(self.path.read_bytes()))
+                self.source = "export-cache"
+                return jax.jit(exported.call)
+            except Exception:  # unreadable entry: export afresh below
+                pass
+        with no_host_callbacks():
+            exported = export.export(self._jitted)(*specs)
+        atomic_write_bytes(self.path, bytes(exported.serialize()))
+        self.source = "traced+exported"
+        return jax.jit(exported.call)
+
+    def flatten(self, model, opt_state) -> list:
+        """The flat list of arrays of `(model, opt_state)`."""
+        return jax.tree_util.tree_leaves(eqx.filter((model, opt_state), eqx.is_array))
+
+    def unflatten(self, leaves) -> tuple:
+        """`(model, opt_state)` from the flat list of arrays."""
+        return eqx.combine(jax.tree_util.tree_unflatten(self._treedef, list(leaves)), self._static)
+
+    def __call__(self, leaves, batch, key):
+        return self._call(leaves, batch, key)
