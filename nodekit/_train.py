@@ -84,7 +84,7 @@ def step_body(loss_fn: Callable, optim: optax.GradientTransformation) -> Callabl
         params = eqx.filter(model, eqx.is_inexact_array)
         updates, new_opt_state = optim.update(grads, opt_state, params)
         new_model = eqx.apply_updates(model, updates)
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         keep = lambda new, old: jax.tree_util.tree_map(
             lambda a, b: jnp.where(finite, a, b) if eqx.is_array(a) else a, new, old
