@@ -309,6 +309,10 @@ def odeint(
     if check:
         check_field(func, t0, y0, args)
 
+    if adjoint == "backsolve" and not isinstance(func, eqx.Module):
+        # The continuous adjoint differentiates only explicit inputs: turn arrays a
+        # closure captures (e.g. a vmapped field's parameters) into explicit leaves.
+        func = eqx.filter_closure_convert(func, t0, y0, args)
     term = diffrax.ODETerm(func)
     solver_obj = info.cls()
     if dt0 is None:
