@@ -41,14 +41,28 @@ def no_host_callbacks():
     import equinox._errors as eqx_errors
 
     old = eqx_errors.EQX_ON_ERROR
-    eqx_errors.EQX_ON_ERROR = "nan" if old == "raise" else old
+    if old != "raise":
+        yield
+        return
+    # `diffrax.diffeqsolve` is itself jitted: a trace cached in "raise" mode would be
+    # reused here (bringing its callbacks), and one cached here would later hand NaN to
+    # a caller expecting errors. JAX's caches are cleared on the way in and out (the
+    # compiled training step keeps its own executable).
+    jax.clear_caches()
+    eqx_errors.EQX_ON_ERROR = "nan"
     try:
         yield
     finally:
         eqx_errors.EQX_ON_ERROR = old
+        jax.clear_caches()
 
 
 def _spec(x):
+    """The abstract value of `x`, keeping its sharding when it spans several devices
+    (so the step compiled ahead of time accepts the sharded arrays it will be given)."""
+    sharding = getattr(x, "sharding", None)
+    if sharding is not None and len(sharding.device_set) > 1:
+        return jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=sharding)
     return jax.ShapeDtypeStruct(np.shape(x), x.dtype)
 
 
