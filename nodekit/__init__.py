@@ -34,3 +34,17 @@ from ._config import (
     validate as validate_config,
 )
 from ._train import make_optimizer as make_optimizer, make_step as make_step, train as train
+from ._regularisers import (
+    AbstractRegulariser as AbstractRegulariser,
+    JacobianFrobenius as JacobianFrobenius,
+    KineticEnergy as KineticEnergy,
+    TaylorRK as TaylorRK,
+    augmented_field as augmented_field,
+    regularised_odeint as regularised_odeint,
+    regularised_odeint_batch as regularised_odeint_batch,
+    sample_noise as sample_noise,
+    steer_end_time as steer_end_time,
+    total_penalty as total_penalty,
+)
+
+# Subpackages, imported on use: `nodekit.data`, `nodekit.models`, `nodekit.experiments`.
