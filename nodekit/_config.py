@@ -198,7 +198,15 @@ class RegularisationConfig(_Strict):
 
 class Config(_Strict):
     """A whole training run. Sections: `data`, `model`, `solver`, `regularisation`,
-    `optimizer`, `train`, plus `seed`, `task` and `precision`."""
+    `optimizer`, `train`, `distributed`, plus `seed`, `task` and `precision`.
+
+    **Example:**
+
+    ```python
+    cfg = nodekit.load_config("configs/spiral.yaml", ["train.steps=100"])
+    cfg.solver.name, cfg.hash()
+    ```
+    """
 
     seed: int = Field(0, ge=0, lt=2**32)
     task: Literal["trajectory"] = "trajectory"

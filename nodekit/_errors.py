@@ -16,7 +16,18 @@ from collections.abc import Iterable, Sequence
 
 
 class NodekitError(Exception):
-    """Base class of every error nodekit raises on purpose."""
+    """Base class of every error nodekit raises on purpose; `exit_code` is what the CLI
+    returns for it.
+
+    **Example:**
+
+    ```python
+    try:
+        nodekit.train("configs/spiral.yaml", "runs/spiral")
+    except nodekit.NodekitError as e:
+        print(e, e.exit_code)
+    ```
+    """
 
     exit_code: int = 1
 
@@ -45,6 +56,15 @@ class ConfigError(InputError):
 
     - `path`: dotted key path, e.g. `"solver.rtol"`.
     - `message`: what is wrong and what is allowed.
+
+    **Example:**
+
+    ```python
+    try:
+        nodekit.validate_config({"solver": {"rtoll": 1e-5}})
+    except nodekit.ConfigError as e:
+        print(e.path)   # solver.rtoll  (message: did you mean 'rtol'?)
+    ```
     """
 
     def __init__(self, path: str, message: str):
@@ -54,13 +74,34 @@ class ConfigError(InputError):
 
 
 class CheckpointError(InputError):
-    """A checkpoint cannot be used (corrupt, truncated, or from another model/config)."""
+    """A checkpoint cannot be used (corrupt, truncated, or from another model/config).
+    The message says which, and what to do (`--restart`, or a new workdir).
+
+    **Example:**
+
+    ```python
+    try:
+        nodekit.train(other_config, "runs/spiral")   # workdir holds another run
+    except nodekit.CheckpointError as e:
+        print(e)   # ... was written by a different config ... `--restart` ...
+    ```
+    """
 
 
 class TrainingFault(NodekitError, RuntimeError):
     """Training stopped on a fault (non-finite loss, solver failure). Exit code 3.
 
-    The last good checkpoint is kept; the message says what to try.
+    The last good checkpoint is kept; the message says what to try; `step` is the step
+    that failed and `status` the summary's status (`"nonfinite"`, `"solver_failure"`).
+
+    **Example:**
+
+    ```python
+    try:
+        nodekit.train(config, "runs/x")
+    except nodekit.TrainingFault as e:
+        print(e.step, e.status)
+    ```
     """
 
     exit_code = 3
@@ -72,7 +113,17 @@ class TrainingFault(NodekitError, RuntimeError):
 
 
 class SolverError(TrainingFault):
-    """An ODE solve failed (too many steps, step size collapse, non-finite state)."""
+    """An ODE solve failed (too many steps, step size collapse, non-finite state).
+
+    **Example:**
+
+    ```python
+    try:
+        nodekit.odeint(stiff_field, y0, ts, max_steps=16)
+    except nodekit.SolverError as e:
+        print(e)   # ... hit max_steps=16 ... Try looser tolerances, a stiff solver ...
+    ```
+    """
 
 
 def closest(name: str, options: Iterable[str]) -> str | None:

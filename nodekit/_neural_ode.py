@@ -20,7 +20,15 @@ BATCH_MODES = ("vmap", "joint")
 
 class Solution(eqx.Module):
     """The result of `NeuralODE.solve`: the states `ys` at the requested times and the
-    solver statistics `stats` (a `SolveStats`)."""
+    solver statistics `stats` (a `SolveStats`).
+
+    **Example:**
+
+    ```python
+    sol = model.solve(ts, y0)
+    sol.ys.shape, int(sol.stats.nfe)
+    ```
+    """
 
     ys: Any
     stats: SolveStats

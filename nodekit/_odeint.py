@@ -24,7 +24,14 @@ _rk4_tableau = diffrax.ButcherTableau(
 
 class RK4(diffrax.AbstractERK):
     """The classical fourth-order Runge–Kutta method (fixed step only: no error
-    estimate)."""
+    estimate). A Diffrax solver; `nodekit.odeint(..., solver="rk4", dt0=0.01)` uses it.
+
+    **Example:**
+
+    ```python
+    sol = diffrax.diffeqsolve(diffrax.ODETerm(f), nodekit.RK4(), 0.0, 1.0, 0.01, y0)
+    ```
+    """
 
     tableau: ClassVar[diffrax.ButcherTableau] = _rk4_tableau
     interpolation_cls: ClassVar[Callable[..., diffrax.AbstractLocalInterpolation]] = (
@@ -80,6 +87,13 @@ class SolveStats(eqx.Module):
       evaluations inside Newton iterations.
     - `num_steps`: attempted steps; `num_accepted`, `num_rejected`.
     - `result`: Diffrax's result code (0 is success); `failed` is `result != 0`.
+
+    **Example:**
+
+    ```python
+    ys, stats = nodekit.odeint(f, y0, ts, return_stats=True)
+    print(int(stats.nfe), int(stats.num_accepted), int(stats.num_rejected))
+    ```
     """
 
     nfe: jax.Array
