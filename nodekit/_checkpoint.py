@@ -1,8 +1,8 @@
 """Atomic, checksummed checkpoints (no pickle).
 
 File layout: the 8-byte magic `NODEKIT1`, an 8-byte little-endian header length, a JSON
-header (step, config hash, leaf shapes and dtypes, SHA-256 of the payload, free-form
-metadata), then the payload written by `equinox.tree_serialise_leaves`.
+header (step, config hash, leaf shapes and dtypes, free-form metadata, and a SHA-256
+over the rest of the header and the payload), then the payload written by `equinox.tree_serialise_leaves`.
 
 Writes go to a temporary file in the same folder, are flushed and fsynced, then renamed
 over the target (atomic on POSIX), and the folder is fsynced: a crash at any moment
@@ -27,7 +27,7 @@ from ._errors import CheckpointError
 
 
 MAGIC = b"NODEKIT1"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the checksum covers the header too
 
 
 def _leaf_specs(tree) -> list[list]:
@@ -87,12 +87,19 @@ def save_checkpoint(path, tree, *, step: int, config_hash: str, meta: dict | Non
         "step": int(step),
         "config_hash": config_hash,
         "leaves": _leaf_specs(tree),
-        "sha256": hashlib.sha256(payload).hexdigest(),
         "payload_bytes": len(payload),
         "meta": meta or {},
     }
+    header["sha256"] = _digest(header, payload)
     hbytes = json.dumps(header).encode()
     atomic_write_bytes(Path(path), MAGIC + struct.pack("<Q", len(hbytes)) + hbytes + payload)
+
+
+def _digest(header: dict, payload: bytes) -> str:
+    """SHA-256 over the header (less its own checksum, keys sorted) and the payload, so
+    an edited step or config hash is caught as surely as a flipped payload byte."""
+    fields = {k: v for k, v in header.items() if k != "sha256"}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode() + payload).hexdigest()
 
 
 def read_header(path) -> tuple[dict, bytes]:
@@ -119,13 +126,15 @@ def read_header(path) -> tuple[dict, bytes]:
         header = json.loads(blob[16 : 16 + hlen].decode())
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise CheckpointError(f"{what} is corrupt (unreadable header)." + fix) from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{what} is corrupt (unreadable header)." + fix)
     payload = blob[16 + hlen :]
     if len(payload) != header.get("payload_bytes"):
         raise CheckpointError(
             f"{what} is truncated: {len(payload)} of {header.get('payload_bytes')} payload "
             "bytes present." + fix
         )
-    if hashlib.sha256(payload).hexdigest() != header.get("sha256"):
+    if _digest(header, payload) != header.get("sha256"):
         raise CheckpointError(f"{what} is corrupt: its checksum does not match." + fix)
     return header, payload
 

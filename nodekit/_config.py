@@ -32,8 +32,22 @@ OPTIMIZERS = (
 SCHEDULES = ("constant", "cosine", "warmup_cosine", "exponential")
 
 
+def _allows_bool(annotation) -> bool:
+    if annotation is bool:
+        return True
+    return any(_allows_bool(a) for a in getattr(annotation, "__args__", ()) or ())
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, v, info):
+        # pydantic's lax mode reads YAML `true` as 1 for a number field: a typo, refused
+        if isinstance(v, bool) and not _allows_bool(cls.model_fields[info.field_name].annotation):
+            raise ValueError("expected a number or name, not a boolean")
+        return v
 
 
 def _finite(v):
@@ -100,6 +114,15 @@ class OptimizerConfig(_Strict):
     kwargs: dict[str, float] = {}
 
     _name = field_validator("name")(_name_in("optimizer", OPTIMIZERS))
+
+    @field_validator("kwargs", mode="before")
+    @classmethod
+    def _numbers_only(cls, v):
+        if isinstance(v, dict):
+            for k, x in v.items():
+                if isinstance(x, bool) or (isinstance(x, float) and not math.isfinite(x)):
+                    raise ValueError(f"kwargs.{k} must be a finite number, got {x!r}")
+        return v
     _schedule = field_validator("schedule")(_name_in("schedule", SCHEDULES))
     _fin = field_validator("learning_rate", "clip_norm", "weight_decay")(_finite)
 
@@ -140,6 +163,17 @@ class SpiralData(_Strict):
     t1: PosFloat = 25.0
     batch_time: PosInt = Field(10, ge=2)
     noise: float = Field(0.0, ge=0)
+
+    _fin = field_validator("t1", "noise")(_finite)
+
+    @field_validator("batch_time")
+    @classmethod
+    def _fits_the_data(cls, v, info):
+        n = info.data.get("n_points")
+        if n is not None and v > n:
+            raise ValueError(f"must be at most data.n_points ({n}): a batch segment is "
+                             "cut from the one true trajectory")
+        return v
 
 
 DataConfig = Union[SpiralData]
@@ -255,10 +289,55 @@ def _model_at(cls, loc) -> type | None:
     return cls if isinstance(cls, type) and issubclass(cls, BaseModel) else None
 
 
+def _clean_loc(loc) -> list[str]:
+    """The user's key path from pydantic's error location: union branch tags that
+    pydantic inserts (`data.spiral.t1`, `train.devices.constrained-int`) are dropped by
+    following the schema, and free-form mappings (`optimizer.kwargs.b1`) keep their keys."""
+    out: list[str] = []
+    cls: Any = Config
+    for part in (str(p) for p in loc):
+        if isinstance(cls, type) and issubclass(cls, BaseModel):
+            field = cls.model_fields.get(part)
+            if field is None:
+                if cls is Config or part not in _DATA_MODELS:
+                    out.append(part)  # an unknown key: named as typed
+                cls = _DATA_MODELS.get(part)
+                continue
+            out.append(part)
+            ann = field.annotation
+            if field.annotation is DataConfig or part == "data":
+                cls = "data"
+                continue
+            models = [a for a in getattr(ann, "__args__", ()) or ()
+                      if isinstance(a, type) and issubclass(a, BaseModel)]
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                cls = ann
+            elif len(models) == 1:
+                cls = models[0]
+            elif getattr(ann, "__origin__", None) is dict:
+                cls = "mapping"
+            else:
+                cls = None  # a value: anything further is a union tag
+        elif cls == "data":
+            cls = _DATA_MODELS.get(part)
+            if cls is None:
+                out.append(part)
+        elif cls == "mapping":
+            out.append(part)
+            cls = None
+    return out
+
+
+def _shown(value) -> str:
+    """A bad value as the message shows it: short, whatever its size."""
+    if isinstance(value, dict):
+        return "a mapping"
+    text = repr(value)
+    return text if len(text) <= 80 else text[:60] + f"... ({len(text)} characters)"
+
+
 def _format_error(err: dict, raw: dict) -> ConfigError:
-    loc = [str(p) for p in err["loc"]]
-    # drop discriminator tags pydantic inserts for unions (e.g. data.spiral.t1)
-    loc_clean = [p for p in loc if p not in _DATA_MODELS and not p.startswith("function-")]
+    loc_clean = _clean_loc(err["loc"])
     path = ".".join(loc_clean)
     kind = err["type"]
     value = err.get("input")
@@ -278,7 +357,7 @@ def _format_error(err: dict, raw: dict) -> ConfigError:
     msg = err["msg"]
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, "):]
-    shown = repr(value) if not isinstance(value, dict) else "a mapping"
+    shown = _shown(value)
     if kind == "missing":
         return ConfigError(path, "this key is required.")
     if kind == "union_tag_invalid" or kind == "union_tag_not_found":
@@ -331,17 +410,74 @@ def load_yaml(path: str | Path) -> dict:
     except OSError as e:
         raise ConfigError("", f"cannot read config file {str(p)!r}: {e.strerror}.") from None
     try:
+        _check_duplicate_keys(yaml.compose(text, Loader=yaml.SafeLoader), str(p))
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise ConfigError("", f"{str(p)!r} is not valid YAML{where}: {problem}.") from None
+    except RecursionError:
+        raise ConfigError("", f"{str(p)!r} is nested too deeply to be a config.") from None
     if data is None:
-        data = {}
+        raise ConfigError("", f"config file {str(p)!r} is empty; start from configs/spiral.yaml "
+                              "(every key has a default, but an empty file is taken as a mistake).")
     if not isinstance(data, dict):
         raise ConfigError("", f"{str(p)!r} must hold a mapping of sections, got a {type(data).__name__}.")
+    _check_plain(data)
     return data
+
+
+def _check_duplicate_keys(node, where: str) -> None:
+    """Refuse a mapping that repeats a key (PyYAML would keep the last one silently)."""
+    stack, seen = [node], set()
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            keys = set()
+            for k, v in node.value:
+                if isinstance(k, yaml.ScalarNode):
+                    if k.value in keys:
+                        line = k.start_mark.line + 1
+                        raise ConfigError(k.value, f"duplicate key {k.value!r} at line {line} "
+                                                   f"of {where!r}; keep one.")
+                    keys.add(k.value)
+                stack += [k, v]
+        elif isinstance(node, yaml.SequenceNode):
+            stack += node.value
+
+
+#: Limits on config data (a config is small: these only stop YAML alias bombs and
+#: self-referencing values, which would otherwise hang or crash validation).
+MAX_DEPTH, MAX_ITEMS = 32, 10_000
+
+
+def _check_plain(data) -> None:
+    """Refuse values nested deeper than `MAX_DEPTH`, larger than `MAX_ITEMS` (after
+    expanding YAML aliases) or referring to themselves, naming the top-level key."""
+    count = 0
+
+    def walk(x, path, depth, parents):
+        nonlocal count
+        count += 1
+        where = ".".join(path[:2]) or "the config"
+        if count > MAX_ITEMS:
+            raise ConfigError(where, f"the config holds more than {MAX_ITEMS} values "
+                                     "(a YAML alias expanding without bound?).")
+        if depth > MAX_DEPTH:
+            raise ConfigError(where, f"a value nested more than {MAX_DEPTH} levels deep.")
+        if isinstance(x, (dict, list)):
+            if id(x) in parents:
+                raise ConfigError(where, "a value that contains itself (a recursive YAML alias).")
+            parents = parents | {id(x)}
+            items = x.items() if isinstance(x, dict) else enumerate(x)
+            for k, v in items:
+                walk(v, path + [str(k)], depth + 1, parents)
+
+    walk(data, [], 0, frozenset())
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
@@ -350,7 +486,8 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
 
     **Raises:** `ConfigError` for a malformed override.
     """
-    raw = json.loads(json.dumps(raw))  # deep copy of plain data
+    _check_plain(raw)
+    raw = json.loads(json.dumps(raw))  # deep copy of plain (checked acyclic) data
     for item in overrides:
         if "=" not in item:
             raise ConfigError(
@@ -362,8 +499,9 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             raise ConfigError(key, f"override {item!r} has an empty key segment.")
         try:
             value = yaml.safe_load(text) if text.strip() else None
-        except yaml.YAMLError:
+        except (yaml.YAMLError, RecursionError):
             value = text
+        _check_plain({key: value})
         node = raw
         for i, part in enumerate(parts[:-1]):
             child = node.get(part)

@@ -126,10 +126,50 @@ class SolverError(TrainingFault):
     """
 
 
+def _edit_distance(a: str, b: str) -> int:
+    """Optimal-string-alignment distance: insertions, deletions, substitutions and
+    swaps of two neighbouring letters each cost 1 (`adma` is one edit from `adam`)."""
+    prev2: list[int] = []
+    prev = list(range(len(b) + 1))
+    for i in range(1, len(a) + 1):
+        cur = [i] + [0] * len(b)
+        for j in range(1, len(b) + 1):
+            cost = a[i - 1] != b[j - 1]
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + cost)
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                cur[j] = min(cur[j], prev2[j - 2] + 1)
+        prev2, prev = prev, cur
+    return prev[-1]
+
+
 def closest(name: str, options: Iterable[str]) -> str | None:
-    """The option closest to `name`, or `None` when nothing is close."""
-    matches = difflib.get_close_matches(str(name), list(options), n=1, cutoff=0.5)
-    return matches[0] if matches else None
+    """The option closest to `name`, or `None` when nothing is close.
+
+    Ranked by edit distance (a swap of two letters is one edit), then by similarity,
+    then by the order of `options`; an option more than about a third of the name's
+    letters away is not suggested.
+
+    **Example:**
+
+    ```python
+    closest("dopri", ["dopri5", "dopri8"])   # 'dopri5'
+    closest("adma", ["adam", "adamax"])      # 'adam'
+    ```
+    """
+    name = str(name)
+    options = [str(o) for o in options]
+    if len(name) > 200:  # a pasted blob, not a typo
+        return None
+    best = None
+    for index, option in enumerate(options):
+        d = _edit_distance(name.lower(), option.lower())
+        if d > max(1, (max(len(name), len(option)) + 1) // 3):
+            continue
+        ratio = difflib.SequenceMatcher(None, name, option).ratio()
+        rank = (d, -ratio, index)
+        if best is None or rank < best[0]:
+            best = (rank, option)
+    return best[1] if best else None
 
 
 def unknown_name_message(kind: str, name: object, options: Sequence[str]) -> str:

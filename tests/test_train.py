@@ -117,3 +117,20 @@ def test_resume_is_bitwise_and_metrics_continue(tmp_path):
     steps = [json.loads(l)["step"] for l in (part / "metrics.jsonl").read_text().splitlines()
              if not json.loads(l).get("eval")]
     assert steps == list(range(6))
+
+
+def test_nan_mode_trace_does_not_leak_into_later_solves():
+    """A solve jitted inside `no_host_callbacks` must not hand its cached, check-free
+    trace to a later caller who expects errors (and vice versa)."""
+    from nodekit._compiled_step import no_host_callbacks
+
+    f = lambda t, y, args: -y  # noqa: E731
+    y0 = jnp.ones(2)
+    good = jnp.linspace(0.0, 1.0, 4)
+    bad = jnp.array([0.0, 0.5, 0.2, 1.0])  # not increasing: Diffrax's SaveAt check trips
+    solve = lambda ts: nodekit.odeint(f, y0, ts, solver="tsit5", throw=False)  # noqa: E731
+    with no_host_callbacks():
+        text = jax.jit(solve).lower(good).as_text()
+    assert "callback" not in text
+    with pytest.raises(Exception, match="increasing"):
+        jax.block_until_ready(jax.jit(solve)(bad))
