@@ -11,7 +11,7 @@ import hashlib
 import json
 import math
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 import pydantic
 import yaml
@@ -41,13 +41,29 @@ def _allows_bool(annotation) -> bool:
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    @field_validator("*", mode="before")
-    @classmethod
-    def _no_bool_for_numbers(cls, v, info):
-        # pydantic's lax mode reads YAML `true` as 1 for a number field: a typo, refused
-        if isinstance(v, bool) and not _allows_bool(cls.model_fields[info.field_name].annotation):
-            raise ValueError("expected a number or name, not a boolean")
-        return v
+
+def _refuse_booleans(raw, cls, path) -> None:
+    """pydantic's lax mode reads YAML `true` as 1 for a number field; refuse it (a
+    boolean where a number or name belongs is a typo), naming the key."""
+    if not isinstance(raw, dict):
+        return
+    for key, value in raw.items():
+        field = cls.model_fields.get(key) if isinstance(key, str) else None
+        if field is None:
+            continue
+        ann = field.annotation
+        if isinstance(value, bool) and not _allows_bool(ann):
+            raise ConfigError(".".join(path + [key]), f"got {value!r}: expected a number or "
+                                                      "name, not a boolean.")
+        if key == "data" and cls is Config:
+            sub = _DATA_MODELS.get(value.get("name", "spiral")) if isinstance(value, dict) else None
+        else:
+            sub = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+            models = [a for a in getattr(ann, "__args__", ()) or ()
+                      if isinstance(a, type) and issubclass(a, BaseModel)]
+            sub = sub or (models[0] if len(models) == 1 else None)
+        if sub is not None:
+            _refuse_booleans(value, sub, path + [key])
 
 
 def _finite(v):
@@ -83,9 +99,19 @@ class FieldConfig(_Strict):
     _activation = field_validator("activation")(_name_in("activation", ACTIVATIONS))
 
 
+class CNFConfig(_Strict):
+    """The continuous normalising flow of the `density` task (FFJORD)."""
+
+    t1: PosFloat = Field(1.0, le=1e6)
+    trace: Literal["exact", "hutchinson"] = "exact"
+    noise: Literal["gaussian", "rademacher"] = "gaussian"
+    _fin = field_validator("t1")(_finite)
+
+
 class ModelConfig(_Strict):
     field: FieldConfig = FieldConfig()
     augment_dim: NonNegInt = Field(0, le=4096)
+    cnf: CNFConfig = CNFConfig()
 
 
 class SolverConfig(_Strict):
@@ -176,8 +202,26 @@ class SpiralData(_Strict):
         return v
 
 
-DataConfig = Union[SpiralData]
-_DATA_MODELS = {m.model_fields["name"].default: m for m in (SpiralData,)}
+class Toy2DData(_Strict):
+    """FFJORD's toy 2-D densities (`nodekit.data.sample_toy2d`), for the `density` task."""
+
+    name: Literal["toy2d"] = "toy2d"
+    distribution: str = "8gaussians"
+    n_train: PosInt = Field(10_000, ge=16, le=10_000_000)
+    n_test: PosInt = Field(2_000, ge=16, le=1_000_000)
+
+    @field_validator("distribution")
+    @classmethod
+    def _known(cls, v):
+        from .data import TOY2D_NAMES
+
+        return _name_in("toy density", TOY2D_NAMES)(v)
+
+
+DataConfig = Annotated[Union[SpiralData, Toy2DData], Field(discriminator="name")]
+_DATA_MODELS = {m.model_fields["name"].default: m for m in (SpiralData, Toy2DData)}
+#: The data each task reads.
+_TASK_DATA = {"trajectory": "spiral", "density": "toy2d"}
 
 
 def _weight_shorthand(v):
@@ -243,7 +287,7 @@ class Config(_Strict):
     """
 
     seed: int = Field(0, ge=0, lt=2**32)
-    task: Literal["trajectory"] = "trajectory"
+    task: Literal["trajectory", "density"] = "trajectory"
     precision: Literal["float32", "float64"] = "float32"
     data: DataConfig = Field(default_factory=SpiralData)
     model: ModelConfig = ModelConfig()
@@ -386,10 +430,18 @@ def validate(raw: Any) -> Config:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError("", f"a config must be a mapping of sections, got {type(raw).__name__}.")
+    task = raw.get("task", "trajectory")
+    want = _TASK_DATA.get(task) if isinstance(task, str) else None
+    if want is not None and isinstance(raw.get("data", {}), dict) and "name" not in raw.get("data", {}):
+        raw = {**raw, "data": {"name": want, **raw.get("data", {})}}  # the task's default data
+    _refuse_booleans(raw, Config, [])
     try:
         cfg = Config.model_validate(raw)
     except pydantic.ValidationError as e:
         raise _format_error(e.errors()[0], raw) from None
+    if cfg.data.name != _TASK_DATA[cfg.task]:
+        raise ConfigError("data.name", f"got {cfg.data.name!r}: task {cfg.task!r} reads "
+                                       f"{_TASK_DATA[cfg.task]!r} data.")
     return cfg
 
 

@@ -37,7 +37,8 @@ def plot_loss(metrics_path, out: Path) -> Path | None:
     if evals:
         s, l = zip(*evals)
         ax.plot(s, l, "o-", ms=3, label="eval loss")
-    ax.set_yscale("log")
+    if min(min(l for _, l in train), min((l for _, l in evals), default=1.0)) > 0:
+        ax.set_yscale("log")  # a negative log-likelihood can be below zero: linear then
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.legend()
@@ -70,4 +71,24 @@ def plot_trajectory(ts, true, pred, out: Path) -> Path:
         ax.set_ylabel("y1")
         ax.set_title("phase portrait")
         ax.legend(fontsize=8)
+    return _save(fig, out)
+
+
+def plot_density(samples, density, lim: float, out: Path) -> Path:
+    """Data samples beside a model density on the square `[-lim, lim]^2` (`density`:
+    an `(n, n)` grid, rows along the second coordinate).
+
+    **Example:** `plot_density(test_x, np.exp(logp_grid), 4.5, "plots/density.png")`
+    """
+    samples, density = np.asarray(samples), np.asarray(density)
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4.5))
+    axes[0].hist2d(samples[:, 0], samples[:, 1], bins=80, range=[[-lim, lim], [-lim, lim]],
+                   cmap="viridis")
+    axes[0].set_title("data")
+    axes[1].imshow(density, origin="lower", extent=(-lim, lim, -lim, lim), cmap="viridis")
+    axes[1].set_title("model density")
+    for ax in axes:
+        ax.set_aspect("equal")
+        ax.set_xticks([])
+        ax.set_yticks([])
     return _save(fig, out)

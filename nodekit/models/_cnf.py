@@ -224,6 +224,9 @@ class CNF(eqx.Module):
         `CNFDynamics`), with noise vector `eps` (needed for `trace="hutchinson"`)."""
         return CNFDynamics(self.field, eps, tuple(regularisers), self.trace)
 
+    def _times(self, t1, dtype):
+        return jnp.stack([jnp.zeros((), dtype), jnp.asarray(self.t1 if t1 is None else t1, dtype)])
+
     def _check_x(self, owner: str, x, ndim: int):
         x = jnp.asarray(x)
         if x.ndim != ndim or x.shape[-1] != self.data_size:
@@ -251,7 +254,7 @@ class CNF(eqx.Module):
 
     def log_prob_and_penalties(
         self, x, key: jax.Array | None = None, regularisers: tuple = (), *, args=None,
-        throw: bool = True,
+        throw: bool = True, t1=None,
     ) -> tuple[jax.Array, jax.Array, SolveStats]:
         """`log p(x)`, the regularisers' integrals and the solve's stats, for one sample.
 
@@ -268,6 +271,8 @@ class CNF(eqx.Module):
           Their integrals over `[0, t1]` are solved in the same solve as the density.
         - `args`: passed to the field.
         - `throw`: raise on a failed solve (`False`: see `stats.result`).
+        - `t1`: end time of this solve instead of `self.t1` (may be traced: STEER draws
+          it per training step with `nodekit.steer_end_time`).
 
         **Returns:** `(logp, penalties, stats)`; `penalties` has shape
         `(len(regularisers),)`.
@@ -278,7 +283,7 @@ class CNF(eqx.Module):
         state = (x, jnp.zeros((), x.dtype))
         if regularisers:
             state = state + (jnp.zeros(len(regularisers), x.dtype),)
-        ts = jnp.array([0.0, self.t1], x.dtype)
+        ts = self._times(t1, x.dtype)
         ys, stats = solve(self.ode, self.dynamics(eps, regularisers), state, ts, args=args,
                           throw=throw)
         logp = standard_normal_log_prob(ys[0][-1]) + ys[1][-1]
@@ -303,7 +308,7 @@ class CNF(eqx.Module):
 
     def log_prob_batch(
         self, xs, key: jax.Array | None = None, regularisers: tuple = (), *,
-        mode: str = "vmap", args=None, throw: bool = True,
+        mode: str = "vmap", args=None, throw: bool = True, t1=None,
     ) -> tuple[jax.Array, jax.Array, SolveStats]:
         """Log-densities `(B,)`, penalties `(B, n_reg)` and stats for a batch `(B, d)`.
 
@@ -319,14 +324,14 @@ class CNF(eqx.Module):
             keys = None if key is None else jax.random.split(key, n)
             return jax.vmap(
                 lambda x, k: self.log_prob_and_penalties(x, k, regularisers, args=args,
-                                                         throw=throw),
+                                                         throw=throw, t1=t1),
                 in_axes=(0, None if keys is None else 0),
             )(xs, keys)
         eps = self._noise_or_none("log_prob_batch", key, xs.shape, xs.dtype)
         state = (xs, jnp.zeros((n,), xs.dtype))
         if regularisers:
             state = state + (jnp.zeros((n, len(regularisers)), xs.dtype),)
-        ts = jnp.array([0.0, self.t1], xs.dtype)
+        ts = self._times(t1, xs.dtype)
         func = _JointDynamics(self.dynamics(eps, regularisers))
         ys, stats = solve(self.ode, func, state, ts, args=args, throw=throw)
         logp = jax.vmap(standard_normal_log_prob)(ys[0][-1]) + ys[1][-1]
@@ -352,6 +357,7 @@ def nll(
     mode: str = "vmap",
     regularisers: tuple = (),
     throw: bool = False,
+    t1=None,
 ) -> tuple[jax.Array, dict]:
     """The mean negative log-likelihood of a CNF on a batch `xs (B, d)`.
 
@@ -365,6 +371,8 @@ def nll(
       shared step size, as FFJORD).
     - `regularisers`: as in `CNF.log_prob_and_penalties`, integrated in the same solve.
     - `throw`: raise on a failed solve; default `False` counts failures in `aux`.
+    - `t1`: end time of the flow for this batch (default `model.t1`; STEER passes a
+      random one).
 
     **Returns:**
 
@@ -381,7 +389,7 @@ def nll(
     ```
     """
     logp, penalties, stats = model.log_prob_batch(xs, key, regularisers, mode=mode,
-                                                  throw=throw)
+                                                  throw=throw, t1=t1)
     loss = -jnp.mean(logp)
     aux = stats_aux(stats, jnp.shape(xs)[0])
     aux.update(
