@@ -1,0 +1,423 @@
+"""Shared pieces of the paper experiments: claims whose verdict is computed from
+numbers, the report/summary writer, a small training loop on `nodekit.make_step`, and
+figure helpers.
+
+An experiment measures numbers, states each of the paper's claims as one or more
+`check(lhs, op, rhs)` comparisons, and hands them to `write_report`, which writes
+`report.md` (tables of claims, settings, notes, figures, timings) and `summary.json`
+(the same data, machine readable: `claims` is a list of
+`{"claim", "paper", "measured", "holds", "checks"}`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import operator
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import equinox as eqx
+import jax
+import numpy as np
+
+#: Comparison operators a `Check` may use.
+OPS: dict[str, Callable[[float, float], bool]] = {
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+}
+
+#: Resolution of saved figures (small PNGs, fit to commit).
+DPI = 85
+
+
+# ----------------------------------------------------------------- claims
+
+
+def _fmt(x: float) -> str:
+    if isinstance(x, (bool, np.bool_)):
+        return str(bool(x))
+    x = float(x)
+    if not math.isfinite(x):
+        return str(x)
+    if x != 0 and (abs(x) >= 1e5 or abs(x) < 1e-3):
+        return f"{x:.3e}"
+    return f"{x:.4g}"
+
+
+@dataclass(frozen=True)
+class Check:
+    """One numeric comparison `lhs op rhs`; `holds` is computed, and false whenever a
+    side is not a finite number (a diverged run never passes)."""
+
+    lhs: float
+    op: str
+    rhs: float
+    lhs_name: str = "measured"
+    rhs_name: str = ""
+
+    def __post_init__(self):
+        if self.op not in OPS:
+            raise ValueError(f"unknown comparison {self.op!r}; use one of {list(OPS)}.")
+        object.__setattr__(self, "lhs", float(self.lhs))
+        object.__setattr__(self, "rhs", float(self.rhs))
+
+    @property
+    def holds(self) -> bool:
+        if not (math.isfinite(self.lhs) and math.isfinite(self.rhs)):
+            return False
+        return bool(OPS[self.op](self.lhs, self.rhs))
+
+    def __str__(self) -> str:
+        rhs = f"{self.rhs_name} = {_fmt(self.rhs)}" if self.rhs_name else _fmt(self.rhs)
+        return f"{self.lhs_name} = {_fmt(self.lhs)} {self.op} {rhs}"
+
+
+def check(lhs, op: str, rhs, lhs_name: str = "measured", rhs_name: str = "") -> Check:
+    """A comparison `lhs op rhs` of two numbers (`op` one of `<, <=, >, >=`).
+
+    **Example:** `check(nll, "<", optimum + 0.1, "test NLL", "optimum + 0.1")`
+    """
+    return Check(lhs, op, rhs, lhs_name, rhs_name)
+
+
+def claim(text: str, paper: str, measured: str, *checks: Check) -> dict:
+    """One row of an experiment's claims table.
+
+    **Arguments:**
+
+    - `text`: the claim, in words.
+    - `paper`: the paper's figure or statement.
+    - `measured`: our figure, in words and numbers.
+    - `checks`: one or more `Check`s; the claim holds when all of them hold.
+
+    **Returns:** `{"claim", "paper", "measured", "holds", "checks"}` with `holds` a
+    `bool` computed from the checks (never written by hand).
+
+    **Raises:** `ValueError` without checks.
+    """
+    if not checks or not all(isinstance(c, Check) for c in checks):
+        raise ValueError("a claim needs at least one Check (made with check(...)).")
+    return {
+        "claim": text,
+        "paper": paper,
+        "measured": measured,
+        "holds": all(c.holds for c in checks),
+        "checks": [str(c) for c in checks],
+    }
+
+
+# ----------------------------------------------------------------- report
+
+
+def _json_safe(x):
+    if isinstance(x, dict):
+        return {str(k): _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_safe(v) for v in x]
+    if isinstance(x, (np.bool_, bool)):
+        return bool(x)
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, (float, np.floating)):
+        x = float(x)
+        return x if math.isfinite(x) else None
+    if isinstance(x, Path):
+        return str(x)
+    if isinstance(x, np.ndarray):
+        return _json_safe(x.tolist())
+    return x
+
+
+def _md_cell(x) -> str:
+    if isinstance(x, float):
+        x = _fmt(x)
+    return str(x).replace("|", "\\|").replace("\n", " ")
+
+
+def md_table(header: list[str], rows: list[list]) -> str:
+    """A Markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_report(
+    workdir: Path,
+    *,
+    name: str,
+    title: str,
+    paper: str,
+    quick: bool,
+    claims: list[dict],
+    settings: dict[str, Any],
+    notes: list[str],
+    figures: list[Path] = (),
+    metrics: dict[str, Any] | None = None,
+    tables: list[tuple[str, str]] = (),
+    timings: dict[str, float] | None = None,
+    batch_mode: str,
+) -> Path:
+    """Write `report.md` and `summary.json` into `workdir`; returns the report's path.
+
+    **Arguments:**
+
+    - `name`, `title`, `paper`: the experiment's name, heading and citation.
+    - `quick`: whether this was the `--quick` run.
+    - `claims`: rows made with `claim(...)`.
+    - `settings`: the settings that produced the numbers (shown as a table).
+    - `notes`: honest notes on where the small scale differs from the paper.
+    - `figures`: PNG paths inside `workdir`.
+    - `metrics`: extra measured numbers (summary.json only).
+    - `tables`: extra `(heading, markdown table)` sections.
+    - `timings`: wall times in seconds.
+    - `batch_mode`: how batches were solved (`vmap` per sample, or `joint`), stated in
+      the report.
+    """
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    n_hold = sum(c["holds"] for c in claims)
+    mode = "quick (`--quick`)" if quick else "full"
+    cmd = f"nodekit reproduce {name}" + (" --quick" if quick else "")
+    out = [
+        f"# {title}",
+        "",
+        f"**Paper:** {paper}  ",
+        f"**Run:** `{cmd}` ({mode}), {n_hold} of {len(claims)} claims hold.  ",
+        f"**Batch mode:** {batch_mode}",
+        "",
+        "## Claims",
+        "",
+        md_table(
+            ["Claim", "Paper", "Measured (ours)", "Holds", "Check"],
+            [[c["claim"], c["paper"], c["measured"], "yes" if c["holds"] else "**no**",
+              "; ".join(c["checks"])] for c in claims],
+        ),
+        "",
+    ]
+    for heading, table in tables:
+        out += [f"## {heading}", "", table, ""]
+    out += ["## Settings", "", md_table(["Setting", "Value"],
+                                        [[k, v] for k, v in settings.items()]), ""]
+    if notes:
+        out += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
+    if timings:
+        out += ["## Timings", "", md_table(["What", "Seconds"],
+                                           [[k, f"{v:.1f}"] for k, v in timings.items()]), ""]
+    if figures:
+        out += ["## Figures", ""]
+        for f in figures:
+            rel = Path(f).relative_to(workdir) if Path(f).is_absolute() else Path(f)
+            out += [f"![{rel.stem}]({rel.as_posix()})", ""]
+    report = workdir / "report.md"
+    report.write_text("\n".join(out))
+    summary = {
+        "experiment": name,
+        "title": title,
+        "paper": paper,
+        "quick": quick,
+        "batch_mode": batch_mode,
+        "claims": claims,
+        "settings": settings,
+        "metrics": metrics or {},
+        "timings_s": timings or {},
+        "notes": notes,
+        "figures": [str(Path(f).relative_to(workdir) if Path(f).is_absolute() else f)
+                    for f in figures],
+    }
+    (workdir / "summary.json").write_text(json.dumps(_json_safe(summary), indent=2) + "\n")
+    return report
+
+
+# ----------------------------------------------------------------- training
+
+
+@dataclass
+class FitResult:
+    """What `fit` returns: the trained model, the per-step host metrics, the number of
+    skipped (non-finite) steps, and timings (`first_step_s` includes compilation)."""
+
+    model: Any
+    history: list[dict] = field(default_factory=list)
+    skipped: int = 0
+    first_step_s: float = 0.0
+    train_s: float = 0.0
+
+    def series(self, key: str) -> np.ndarray:
+        """The logged values of `key`, one per step (NaN where absent)."""
+        return np.array([r.get(key, np.nan) for r in self.history], dtype=float)
+
+
+def _scalars(metrics: dict) -> dict:
+    out = {}
+    for k, v in jax.device_get(metrics).items():
+        v = np.asarray(v)
+        if v.size == 1:
+            out[k] = bool(v) if v.dtype == bool else float(v)
+    return out
+
+
+_STEPS: dict = {}
+
+
+def fit(
+    model,
+    loss_fn: Callable,
+    batch_fn: Callable[[int], Any],
+    *,
+    steps: int,
+    learning_rate: float,
+    key,
+    optimizer: str = "adam",
+    schedule: str = "constant",
+    clip_norm: float | None = None,
+    weight_decay: float = 0.0,
+    every: int = 0,
+    callback: Callable[[int, Any, dict], None] | None = None,
+) -> FitResult:
+    """Train `model` for `steps` steps with `nodekit.make_step` and
+    `nodekit.make_optimizer` (the library's own compiled step and Optax wiring).
+
+    **Arguments:**
+
+    - `loss_fn(model, batch, key) -> (loss, aux)`.
+    - `batch_fn(step) -> batch`: a pure function of the step (NumPy arrays).
+    - `steps`, `learning_rate`, `optimizer`, `schedule`, `clip_norm`, `weight_decay`:
+      as in `nodekit`'s optimizer config.
+    - `key`: a PRNG key; step `s` gets `fold_in(key, s)`.
+    - Pass the same `loss_fn` object to fit several models of one architecture: the
+      compiled step is reused.
+    - `every`, `callback`: call `callback(step, model, row)` after every `every`-th step
+      (and the last), e.g. to evaluate; it may add entries to `row`.
+
+    **Returns:** a `FitResult`.
+    """
+    from .._config import OptimizerConfig
+    from .._train import make_optimizer, make_step
+
+    cfg = OptimizerConfig(name=optimizer, learning_rate=learning_rate, schedule=schedule,
+                          clip_norm=clip_norm, weight_decay=weight_decay)
+    # One compiled step per (loss function, optimiser): repeated fits of the same
+    # architecture (seeds, ablations) then compile once.
+    cache_key = (id(loss_fn), cfg.model_dump_json(), steps)
+    if cache_key not in _STEPS:
+        optim = make_optimizer(cfg, steps)
+        _STEPS[cache_key] = (loss_fn, optim, make_step(loss_fn, optim))
+    _, optim, step_fn = _STEPS[cache_key]
+    opt_state = optim.init(eqx.filter(model, eqx.is_inexact_array))
+    result = FitResult(model)
+    t0 = time.perf_counter()
+    t_first = None
+    for s in range(steps):
+        model, opt_state, m = step_fn(model, opt_state, batch_fn(s), jax.random.fold_in(key, s))
+        row = _scalars(m)
+        row["step"] = s
+        row["time_s"] = time.perf_counter() - t0
+        if t_first is None:
+            t_first = row["time_s"]
+        if not row.get("finite", True):
+            result.skipped += 1
+        if callback is not None and every and (s % every == 0 or s == steps - 1):
+            callback(s, model, row)
+        result.history.append(row)
+    result.model = model
+    result.first_step_s = t_first or 0.0
+    result.train_s = time.perf_counter() - t0
+    return result
+
+
+class Timer:
+    """`with Timer() as t: ...; t.s` — wall seconds."""
+
+    def __enter__(self):
+        self.t0 = time.perf_counter()
+        self.s = 0.0
+        return self
+
+    def __exit__(self, *exc):
+        self.s = time.perf_counter() - self.t0
+
+
+def smooth(x, window: int = 20) -> np.ndarray:
+    """A trailing moving average (for noisy training curves)."""
+    x = np.asarray(x, dtype=float)
+    if len(x) == 0:
+        return x
+    window = max(1, min(window, len(x)))
+    c = np.cumsum(np.insert(np.nan_to_num(x), 0, 0.0))
+    out = np.empty_like(x)
+    for i in range(len(x)):
+        lo = max(0, i + 1 - window)
+        out[i] = (c[i + 1] - c[lo]) / (i + 1 - lo)
+    return out
+
+
+def tail_mean(x, frac: float = 0.1) -> float:
+    """The mean of the last `frac` of a series (at least one value)."""
+    x = np.asarray(x, dtype=float)
+    n = max(1, int(round(len(x) * frac)))
+    return float(np.nanmean(x[-n:]))
+
+
+def head_mean(x, frac: float = 0.1) -> float:
+    """The mean of the first `frac` of a series (at least one value)."""
+    x = np.asarray(x, dtype=float)
+    n = max(1, int(round(len(x) * frac)))
+    return float(np.nanmean(x[:n]))
+
+
+# ----------------------------------------------------------------- figures
+
+
+def figure(ncols: int = 1, nrows: int = 1, size: tuple[float, float] = (4.2, 3.4)):
+    """A headless Matplotlib figure `(fig, axes)` (axes always 2-D)."""
+    from .. import plots  # noqa: F401  (selects the Agg backend)
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size[0] * ncols, size[1] * nrows),
+                             squeeze=False)
+    return fig, axes
+
+
+def save(fig, path: Path) -> Path:
+    """Save a figure as a small PNG and close it."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
+def plot_curves(path: Path, curves: dict[str, tuple], *, xlabel: str, ylabel: str,
+                title: str = "", logy: bool = False, window: int = 1) -> Path:
+    """Line plot of named `(x, y)` curves (optionally smoothed)."""
+    fig, axes = figure()
+    ax = axes[0, 0]
+    for label, (x, y) in curves.items():
+        ax.plot(x, smooth(y, window) if window > 1 else y, lw=1.3, label=label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title, fontsize=10)
+    if logy:
+        ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return save(fig, path)
+
+
+def batch_mode_text(mode: str) -> str:
+    """How a batch mode is described in reports."""
+    if mode == "joint":
+        return ("joint: the whole batch solved as one ODE state with one shared step "
+                "size (torchdiffeq/FFJORD's choice; NFE per batch)")
+    if mode == "vmap":
+        return "vmap: one solve per sample (each picks its own steps; NFE is the per-sample mean)"
+    return mode
