@@ -56,7 +56,7 @@ def _refuse_booleans(raw, cls, path) -> None:
             raise ConfigError(".".join(path + [key]), f"got {value!r}: expected a number or "
                                                       "name, not a boolean.")
         if key == "data" and cls is Config:
-            sub = _DATA_MODELS.get(value.get("name", "spiral")) if isinstance(value, dict) else None
+            sub = _data_model({"data": value})
         else:
             sub = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
             models = [a for a in getattr(ann, "__args__", ()) or ()
@@ -405,14 +405,17 @@ def _format_error(err: dict, raw: dict) -> ConfigError:
     if kind == "missing":
         return ConfigError(path, "this key is required.")
     if kind == "union_tag_invalid" or kind == "union_tag_not_found":
-        return ConfigError(path + ".name" if path else "data.name", msg)
+        data = raw.get("data") if isinstance(raw, dict) else None
+        name = data.get("name") if isinstance(data, dict) else None
+        text = name if isinstance(name, str) else _shown(name)
+        return ConfigError("data.name", unknown_name_message("data name", text, list(_DATA_MODELS)))
     return ConfigError(path, f"got {shown}: {msg}.".replace("..", "."))
 
 
 def _data_model(raw: dict):
     data = raw.get("data") if isinstance(raw, dict) else None
     name = data.get("name", "spiral") if isinstance(data, dict) else "spiral"
-    return _DATA_MODELS.get(name)
+    return _DATA_MODELS.get(name) if isinstance(name, str) else None
 
 
 def validate(raw: Any) -> Config:

@@ -387,8 +387,10 @@ TAG = '!!python/object/apply:os.system ["echo hi"]'
 
 
 def _section_fields(path):
-    from nodekit._config import Config, _model_at
+    from nodekit._config import Config, SpiralData, _model_at
 
+    if path and path[0] == "data":  # a union by data.name; tiny.yaml reads the spiral
+        return set(SpiralData.model_fields)
     return set(_model_at(Config, list(path)).model_fields) if path else set(Config.model_fields)
 
 
