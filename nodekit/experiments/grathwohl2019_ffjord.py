@@ -110,6 +110,10 @@ def run(workdir: Path, quick: bool) -> Path:
         "Hutchinson's one: the estimator's real advantage (O(1) instead of O(D) in the "
         "dimension) does not show at this size, so only unbiasedness and trained quality "
         "are checked.",
+        "circles (two nested rings) is the hardest of these densities for a flow from one "
+        "Gaussian: it must open a hole and split the mass into two rings. FFJORD trains "
+        "its toy densities for 10k+ iterations; in our 1000-iteration run the flow had "
+        "only learned a blurred single ring (see density_circles.png), far from the optimum.",
     ]
     if quick:
         notes.append(f"Quick mode trains {steps} steps: far from converged, so the "
