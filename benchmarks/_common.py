@@ -156,6 +156,8 @@ def fmt(x, spec=".3g") -> str:
         return x
     if isinstance(x, float) and x != x:
         return "nan"
+    if isinstance(x, int) and not isinstance(x, bool):
+        return str(x)
     return format(x, spec)
 
 

@@ -59,6 +59,10 @@ def probe(spec: dict) -> dict:
     from nodekit._train import make_optimizer, make_step
 
     t_import = time.perf_counter() - t0
+    if spec.get("checkpoints_none"):
+        import nodekit._odeint
+
+        nodekit._odeint.auto_checkpoints = lambda *a, **k: None  # Diffrax's default
     if "eval_cache" in spec:
         return probe_eval_cache(spec)
     cfg = validate(spiral_raw(**spec.get("solver", {})))
@@ -224,9 +228,15 @@ def bench_imports(repeats: int):
 
 
 def bench_levers(quick: bool):
-    specs = [("default: recursive, max_steps 4096, joint", {"solver": {}, "eval": True}, None)]
+    specs = [("default: recursive, max_steps 4096 (checkpoints auto = 4096), joint",
+              {"solver": {}, "eval": True}, None)]
     if not quick:
         specs += [
+            ("checkpoints None (Diffrax's binomial default; nodekit before)", {"checkpoints_none": True}, None),
+            ("XLA_FLAGS=--xla_cpu_use_thunk_runtime=false", {"solver": {}},
+             {"XLA_FLAGS": "--xla_cpu_use_thunk_runtime=false"}),
+            ("XLA_FLAGS=--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1", {"solver": {}},
+             {"XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"}),
             ("max_steps 64", {"solver": {"max_steps": 64}}, None),
             ("max_steps 65536", {"solver": {"max_steps": 65536}}, None),
             ("adjoint direct", {"solver": {"adjoint": "direct"}}, None),

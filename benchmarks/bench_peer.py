@@ -308,8 +308,10 @@ def bench_spiral(repeats: int, warmup: int, adjoint_too: bool, train_loop_too: b
         n_fwd, n_extra = count_evals(task.loss, model, batches[0])
     recomputed = nk.nfe[0] * n_extra / max(n_fwd, 1)
     notes.append(f"nodekit recursive backward pass: one VJP per forward evaluation plus "
-                 f"{recomputed:.0f} re-evaluations of the field (checkpoint recomputation, "
-                 f"step 0, instrumented run with a callback counter).")
+                 f"{recomputed:.0f} re-evaluations of the field (the checkpointed solver loop re-runs "
+                 f"each step's body to form its VJP; the count is the same with Diffrax's default "
+                 f"`checkpoints=None`, so it is not binomial recomputation; step 0, instrumented "
+                 f"run with a callback counter).")
     for name, tr in contenders.items():
         ev = firsts[name]
         t_med = median(times[name])

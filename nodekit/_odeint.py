@@ -204,12 +204,34 @@ def auto_checkpoints(y0, info: _SolverInfo, max_steps: int,
     or the other: `max_steps` when it fits, else `None`.
 
     The loop state of one step is estimated as about `stages + 4` copies of the state
-    (`y`, the dense-output stages, the FSAL stage, error estimate and bookkeeping).
+    (`y`, the dense-output stages, the FSAL stage, error estimate and bookkeeping). Under
+    `jax.vmap` the state seen here is one sample's, but the stored steps are allocated for
+    the whole batch, so the batch size is counted in (see `_vmapped_size`).
     """
-    state_bytes = sum(int(np.prod(np.shape(x))) * jnp.result_type(x).itemsize
+    state_bytes = sum(int(np.prod(np.shape(x))) * jnp.result_type(x).itemsize * _vmapped_size(x)
                       for x in jax.tree_util.tree_leaves(y0))
     per_step = max(1, state_bytes * (info.evals_per_step + 5))
     return max_steps if max_steps * per_step <= budget else None
+
+
+def _vmapped_size(x) -> int:
+    """How many copies of `x` the enclosing `jax.vmap`s (those applied outside this
+    call) make: the product of the batch sizes of the nested batching tracers. 1 when
+    not vmapped, or when JAX's internals cannot be read (then the budget is per sample)."""
+    try:
+        from jax._src.interpreters.batching import BatchTracer
+    except ImportError:  # pragma: no cover - JAX internals moved
+        return 1
+    n = 1
+    for _ in range(64):
+        if not isinstance(x, BatchTracer):
+            break
+        bdim = getattr(x, "batch_dim", None)
+        val = getattr(x, "val", None)
+        if isinstance(bdim, int) and val is not None:
+            n *= int(np.shape(val)[bdim])
+        x = val
+    return n
 
 
 def make_adjoint(name: str, solver, controller, checkpoints: int | None = None) -> diffrax.AbstractAdjoint:
