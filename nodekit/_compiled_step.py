@@ -97,6 +97,9 @@ class CompiledStep:
     - `model`, `opt_state`, `batch`, `key`: examples fixing the structure and shapes.
     - `cache_dir`: folder for serialised steps, or `None` to trace every time.
     - `key_material`: JSON-able data identifying the step (e.g. the resolved config).
+    - `fold_step`: if true, the step is called as `(leaves, batch, (key, step))` and
+      draws its key as `jax.random.fold_in(key, step)` inside the compiled function
+      (one host dispatch fewer per training step than folding eagerly).
 
     **Example:**
 
@@ -109,7 +112,7 @@ class CompiledStep:
     """
 
     def __init__(self, step_body: Callable, model, opt_state, batch, key, *,
-                 cache_dir: str | Path | None, key_material: Any):
+                 cache_dir: str | Path | None, key_material: Any, fold_step: bool = False):
         dynamic, self._static = eqx.partition((model, opt_state), eqx.is_array)
         leaves, self._treedef = jax.tree_util.tree_flatten(dynamic)
         self.source = "traced"
@@ -118,6 +121,8 @@ class CompiledStep:
         treedef, static = self._treedef, self._static
 
         def flat_step(leaves, batch, key):
+            if fold_step:
+                key = jax.random.fold_in(*key)
             model, opt_state = eqx.combine(jax.tree_util.tree_unflatten(treedef, leaves), static)
             model, opt_state, metrics = step_body(model, opt_state, batch, key)
             new_leaves = jax.tree_util.tree_leaves(eqx.filter((model, opt_state), eqx.is_array))
@@ -132,6 +137,7 @@ class CompiledStep:
             return
         material = {
             "key": key_material,
+            "fold_step": fold_step,
             "specs": jax.tree_util.tree_map(lambda s: [list(s.shape), str(s.dtype)], specs),
             "versions": _versions(),
             "source": _source_hash(),

@@ -336,10 +336,12 @@ def train(config: Config | dict | str | Path, workdir: str | Path, *, restart: b
     single = mesh.devices.size == 1
     cache_dir = enable_compile_cache() if config.train.compile_cache and single else None
     compiled = CompiledStep(step_body(task.loss, optim), model, opt_state, example_batch,
-                            train_key, cache_dir=cache_dir, key_material=config.to_dict())
+                            (train_key, np.int32(start_step)), cache_dir=cache_dir,
+                            key_material=config.to_dict(), fold_step=True)
     runner = _Runner(config, task, compiled, wd, train_key, best)
     runner.history = history
-    runner.batch_sharding = batch_sharding
+    # one device: NumPy batches go straight into the compiled call (no separate transfer)
+    runner.batch_sharding = None if single else batch_sharding
     runner.t_step_start = t_step_start
     runner.compile_s = time.perf_counter() - t_step_start
     show = config.train.progress if progress is None else progress
@@ -395,9 +397,11 @@ class _Runner:
             with _Stop() as stop:
                 for step in range(start, total + 1):
                     if step < total:
-                        batch = jax.device_put(self.task.batch(step), self.batch_sharding)
-                        key = jax.random.fold_in(self.train_key, step)
-                        new_state, m = self.compiled(state, batch, key)
+                        batch = self.task.batch(step)
+                        if self.batch_sharding is not None:
+                            batch = jax.device_put(batch, self.batch_sharding)
+                        # the step's key is fold_in(train_key, step), drawn inside the step
+                        new_state, m = self.compiled(state, batch, (self.train_key, np.int32(step)))
                     if pending is not None:
                         p_step, p_metrics, p_before, p_after = pending
                         host = _to_host(p_metrics)
