@@ -122,8 +122,18 @@ class SolverConfig(_Strict):
     adjoint: str = "recursive"
     max_steps: PosInt = Field(4096, le=10_000_000)
     batch_mode: str = "vmap"
+    checkpoints: Union[PosInt, Literal["auto"], None] = Field(
+        "auto", description="solver steps the recursive adjoint stores: 'auto' (every step "
+        "when they fit in 16 MiB), null (Diffrax's log2(max_steps)), or a count")
 
     _name = field_validator("name")(_name_in("solver", SOLVERS))
+
+    @field_validator("checkpoints", mode="before")
+    @classmethod
+    def _checkpoints(cls, v):
+        if isinstance(v, str) and v != "auto":
+            raise ValueError("must be 'auto', null (Diffrax's default) or a positive integer")
+        return v
     _adjoint = field_validator("adjoint")(_name_in("adjoint", ADJOINTS))
     _batch_mode = field_validator("batch_mode")(_name_in("batch mode", BATCH_MODES))
     _fin = field_validator("rtol", "atol", "dt0")(_finite)

@@ -41,7 +41,8 @@ class NeuralODE(eqx.Module):
 
     - `field`: the vector field (an `AbstractVectorField` or any Equinox module or
       function `f(t, y, args)`).
-    - `solver`, `rtol`, `atol`, `dt0`, `adjoint`, `max_steps`: as in `nodekit.odeint`.
+    - `solver`, `rtol`, `atol`, `dt0`, `adjoint`, `max_steps`, `checkpoints`: as in
+      `nodekit.odeint`.
     - `augment_dim`: ANODE augmentation (Dupont et al. 2019): append this many zeros to
       the initial state; the field then acts on `size + augment_dim` dimensions.
 
@@ -64,6 +65,7 @@ class NeuralODE(eqx.Module):
     adjoint: str = eqx.field(static=True, default="recursive")
     max_steps: int = eqx.field(static=True, default=4096)
     augment_dim: int = eqx.field(static=True, default=0)
+    checkpoints: int | str | None = eqx.field(static=True, default="auto")
 
     def __check_init__(self):
         if self.solver not in SOLVERS:
@@ -91,6 +93,7 @@ class NeuralODE(eqx.Module):
             dt0=self.dt0,
             adjoint=self.adjoint,
             max_steps=self.max_steps,
+            checkpoints=self.checkpoints,
             args=args,
             return_stats=True,
             throw=throw,

@@ -88,7 +88,7 @@ def regulariser_names(regularisers) -> list[str]:
 def solve_kwargs(config: Config) -> dict:
     s = config.solver
     return dict(solver=s.name, rtol=s.rtol, atol=s.atol, dt0=s.dt0, adjoint=s.adjoint,
-                max_steps=s.max_steps)
+                max_steps=s.max_steps, checkpoints=s.checkpoints)
 
 
 def solve_batch_regularised(field, y0s, ts, regularisers, key, config: Config):
@@ -290,14 +290,7 @@ class DensityTask(AbstractTask):
         return add_penalties(value, aux["penalties"], self.regularisers, out), out
 
     def _exact(self, model):
-        from .models import CNF
-
-        if model.trace == "exact":
-            return model
-        o = model.ode
-        return CNF(model.field, model.data_size, t1=model.t1, trace="exact", noise=model.noise,
-                   solver=o.solver, rtol=o.rtol, atol=o.atol, dt0=o.dt0, adjoint=o.adjoint,
-                   max_steps=o.max_steps)
+        return model.with_trace("exact")
 
     def evaluate(self, model):
         from .models import nll

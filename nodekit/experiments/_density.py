@@ -89,14 +89,7 @@ def _evaluate(model, x, key):
 
 def with_trace(model, trace: str):
     """The same CNF (same parameters and solve settings) with another trace method."""
-    from ..models import CNF
-
-    if model.trace == trace:
-        return model
-    o = model.ode
-    return CNF(o.field, model.data_size, t1=model.t1, trace=trace, noise=model.noise,
-               solver=o.solver, rtol=o.rtol, atol=o.atol, dt0=o.dt0, adjoint=o.adjoint,
-               max_steps=o.max_steps)
+    return model.with_trace(trace)
 
 
 def evaluate(model, x) -> tuple[float, float]:

@@ -138,8 +138,8 @@ class CNF(eqx.Module):
     - `trace`: `"exact"` (the full Jacobian's trace; cost `d` JVPs per evaluation, for
       low dimensions) or `"hutchinson"` (unbiased `εᵀ J ε`, one VJP; needs a `key`).
     - `noise`: distribution of `ε`: `"gaussian"` or `"rademacher"`.
-    - `solver`, `rtol`, `atol`, `dt0`, `adjoint`, `max_steps`: as in `nodekit.odeint`
-      (FFJORD used `rtol = atol = 1e-5`).
+    - `solver`, `rtol`, `atol`, `dt0`, `adjoint`, `max_steps`, `checkpoints`: as in
+      `nodekit.odeint` (FFJORD used `rtol = atol = 1e-5`).
 
     **Raises:** `InputError` for an unknown trace, noise or solver name.
 
@@ -173,11 +173,12 @@ class CNF(eqx.Module):
         dt0: float | None = None,
         adjoint: str = "recursive",
         max_steps: int = 4096,
+        checkpoints: int | str | None = "auto",
     ):
         check_int("CNF", "data_size", data_size, 1)
         check_positive("CNF", "t1", t1)
         self.ode = NeuralODE(field, solver=solver, rtol=rtol, atol=atol, dt0=dt0,
-                             adjoint=adjoint, max_steps=max_steps)
+                             adjoint=adjoint, max_steps=max_steps, checkpoints=checkpoints)
         self.data_size = data_size
         self.t1 = float(t1)
         self.trace = trace
@@ -204,6 +205,19 @@ class CNF(eqx.Module):
         field = MLPField(data_size, width, depth, activation=activation,
                          time_dependent=True, key=key)
         return cls(field, data_size, **kwargs)
+
+    def with_trace(self, trace: str) -> "CNF":
+        """The same flow (same parameters and solve settings) with another trace method,
+        e.g. an exact-trace copy of a Hutchinson-trained CNF for evaluation.
+
+        **Example:** `test_nll, aux = nll(cnf.with_trace("exact"), test_x)`
+        """
+        if trace == self.trace:
+            return self
+        o = self.ode
+        return CNF(o.field, self.data_size, t1=self.t1, trace=trace, noise=self.noise,
+                   solver=o.solver, rtol=o.rtol, atol=o.atol, dt0=o.dt0, adjoint=o.adjoint,
+                   max_steps=o.max_steps, checkpoints=o.checkpoints)
 
     @property
     def field(self):

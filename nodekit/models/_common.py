@@ -66,6 +66,7 @@ def solve(node: NeuralODE, func, y0, ts, *, args=None, throw: bool = True):
         dt0=node.dt0,
         adjoint=node.adjoint,
         max_steps=node.max_steps,
+        checkpoints=node.checkpoints,
         args=args,
         return_stats=True,
         throw=throw,
