@@ -236,3 +236,32 @@ def test_backsolve_differentiates_closed_over_parameters():
         g_back = jax.grad(loss)(k, "backsolve")
         g_rec = jax.grad(loss)(k, "recursive")
         assert tree_allclose(g_back, g_rec, rtol=1e-6, atol=1e-9)
+
+
+def test_checkpoint_choices_give_the_same_gradients(field):
+    """`checkpoints` changes memory and recomputation, never the result: 'auto' (every
+    step stored), None (Diffrax's binomial scheme) and a small count agree."""
+    y0, ts = jnp.array([1.0, -0.5, 0.25]), jnp.linspace(0.0, 2.0, 5)
+
+    def loss(f, checkpoints):
+        return jnp.sum(nodekit.odeint(f, y0, ts, solver="tsit5", rtol=1e-6, atol=1e-8,
+                                      checkpoints=checkpoints) ** 2)
+
+    grads = [eqx.filter_grad(loss)(field, c) for c in ("auto", None, 3)]
+    assert tree_allclose(grads[0], grads[1], rtol=1e-5, atol=1e-7)
+    assert tree_allclose(grads[0], grads[2], rtol=1e-5, atol=1e-7)
+    with pytest.raises(nodekit.InputError, match="checkpoints"):
+        nodekit.odeint(field, y0, ts, checkpoints=0)
+
+
+def test_auto_checkpoints_respects_the_memory_budget():
+    from nodekit._odeint import SOLVERS, auto_checkpoints
+
+    info = SOLVERS["dopri5"]
+    small, big = jnp.zeros(2), jnp.zeros(100_000)
+    assert auto_checkpoints(small, info, 4096) == 4096  # 2 floats x 4096 steps fit
+    assert auto_checkpoints(big, info, 4096) is None  # 400 kB per state: Diffrax's default
+    # under vmap the whole batch counts: 2 floats x 10^5 samples no longer fit
+    sizes = jax.vmap(lambda y: jnp.asarray(auto_checkpoints(y, info, 4096) or 0))(
+        jnp.zeros((100_000, 2)))
+    assert int(sizes[0]) == 0
