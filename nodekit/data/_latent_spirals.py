@@ -23,7 +23,15 @@ SPIRAL_START_PHASE = (0.5 * math.pi, 2.0 * math.pi)
 
 @dataclasses.dataclass(frozen=True)
 class LatentSpirals:
-    """Noisy, irregularly observed spirals; one row per spiral.
+    """Noisy, irregularly observed spirals; one row per spiral (made by
+    `nodekit.data.latent_spirals`).
+
+    **Example:**
+
+    ```python
+    train, test = nodekit.data.latent_spirals(500, seed=0)
+    train.ts.shape, train.observations.shape, train.mask.shape   # (T,), (N, T, 2), (N, T)
+    ```
 
     All spirals share the time grid `ts`. Time points `ts[:obs_end]` are the
     observation window: each spiral is observed at `n_obs` of them, chosen at random

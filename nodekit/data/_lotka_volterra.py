@@ -30,7 +30,14 @@ class LotkaVolterra:
     """One noisy Lotka–Volterra trajectory and its ground truth.
 
     The model is `dx/dt = alpha x - beta x y`, `dy/dt = gamma x y - delta y` (`x` prey,
-    `y` predator).
+    `y` predator). Made by `nodekit.data.lotka_volterra`.
+
+    **Example:**
+
+    ```python
+    lv = nodekit.data.lotka_volterra(seed=0)
+    lv.ts.shape, lv.observations.shape, lv.params   # (n_obs,), (n_obs, 2), (alpha, beta, gamma, delta)
+    ```
 
     **Fields:**
 

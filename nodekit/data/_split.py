@@ -25,7 +25,8 @@ class Split(Generic[T]):
     - `test`: the test set (empty when the generator was called with
       `test_fraction=0`).
 
-    Unpacks as a pair: `train, test = nodekit.data.digits(seed=0)`.
+    **Example:** it unpacks as a pair, `train, test = nodekit.data.digits(seed=0)`, or
+    `split = nodekit.data.digits(seed=0); split.train, split.test`.
     """
 
     train: T

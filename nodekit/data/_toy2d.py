@@ -26,7 +26,10 @@ CIRCLES_STD = 0.24
 
 
 def eight_gaussians_centres() -> np.ndarray:
-    """The `(8, 2)` centres of the `8gaussians` mixture, in FFJORD's order."""
+    """The `(8, 2)` centres of the `8gaussians` mixture, in FFJORD's order.
+
+    **Example:** `np.linalg.norm(eight_gaussians_centres(), axis=1)` is `4 / 1.414` for each.
+    """
     s = 1.0 / math.sqrt(2.0)
     unit = np.array(
         [(1, 0), (-1, 0), (0, 1), (0, -1), (s, s), (s, -s), (-s, s), (-s, -s)], dtype=np.float64

@@ -17,7 +17,16 @@ from typing import Callable
 
 @dataclass(frozen=True)
 class Experiment:
-    """A paper experiment: `run(workdir, quick) -> path of report.md`."""
+    """A paper experiment: its `name`, the `paper`, the `claim` it checks, and
+    `run(workdir, quick) -> path of report.md`.
+
+    **Example:**
+
+    ```python
+    for exp in nodekit.experiments.EXPERIMENTS.values():
+        print(exp.name, "-", exp.claim)
+    ```
+    """
 
     name: str
     paper: str
@@ -56,6 +65,8 @@ _REGISTRY = (
      "a Lotka-Volterra UDE recovers the missing interaction and extrapolates past the data"),
 )
 
+__all__ = ["EXPERIMENTS", "Experiment", "run_experiment"]
+
 #: Experiments by name (`nodekit reproduce --list`).
 EXPERIMENTS: dict[str, Experiment] = {
     name: Experiment(name, paper, claim, _lazy(module))
@@ -65,6 +76,13 @@ EXPERIMENTS: dict[str, Experiment] = {
 
 def run_experiment(name: str, workdir: Path, quick: bool = False) -> Path:
     """Run experiment `name` into `workdir`; returns the path of its `report.md`.
+
+    **Example:**
+
+    ```python
+    report = nodekit.experiments.run_experiment("dupont2019-anode", "runs/anode", quick=True)
+    print(report.read_text())
+    ```
 
     **Raises:** `InputError` for an unknown name.
     """

@@ -17,7 +17,15 @@ from ._common import check_int, stats_aux
 
 
 class UDEField(AbstractVectorField):
-    """The field `known(t, y, args) + neural(t, y, args)` of a UDE."""
+    """The field `known(t, y, args) + neural(t, y, args)` of a UDE.
+
+    **Example:**
+
+    ```python
+    field = UDEField(lambda t, y, args: -0.5 * y, nodekit.MLPField(2, 16, key=key))
+    dy = field(0.0, jnp.ones(2), None)
+    ```
+    """
 
     known: Any
     neural: Any
@@ -31,6 +39,16 @@ class AbstractUDE(eqx.Module):
 
     Concrete UDEs (`UDE`, `LotkaVolterraUDE`) hold `ode`, a `NeuralODE` whose field is a
     `UDEField`; the solve settings live there.
+
+    **Example:**
+
+    ```python
+    class Damped(AbstractUDE):          # a concrete UDE: declare `ode`, build it in __init__
+        ode: nodekit.NeuralODE
+
+        def __init__(self, key):
+            self.ode = nodekit.NeuralODE(UDEField(lambda t, y, a: -y, nodekit.MLPField(2, 8, key=key)))
+    ```
     """
 
     ode: eqx.AbstractVar[NeuralODE]
@@ -141,7 +159,11 @@ class LotkaVolterraKnown(AbstractVectorField):
 class LotkaVolterraInteraction(AbstractVectorField):
     """The true missing term of the Lotka–Volterra UDE, `(-beta·x·y, gamma·x·y)`
     (defaults 0.9 and 0.8, as Rackauckas et al.): the reference for
-    `LotkaVolterraUDE.missing_term`, and a drop-in `neural` term for checks."""
+    `LotkaVolterraUDE.missing_term`, and a drop-in `neural` term for checks.
+
+    **Example:** `LotkaVolterraInteraction()(0.0, jnp.array([1.0, 2.0]), None)` is
+    `(-1.8, 1.6)`.
+    """
 
     beta: float = eqx.field(static=True, default=0.9)
     gamma: float = eqx.field(static=True, default=0.8)
