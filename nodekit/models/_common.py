@@ -12,7 +12,7 @@ import numpy as np
 
 from .._errors import InputError, unknown_name_message
 from .._neural_ode import NeuralODE
-from .._odeint import SolveStats, odeint
+from .._odeint import SolveStats
 
 
 def check_int(owner: str, name: str, value: Any, low: int) -> None:
@@ -56,21 +56,7 @@ def solve(node: NeuralODE, func, y0, ts, *, args=None, throw: bool = True):
     `func` should be a pytree (an Equinox module) rather than a closure over arrays, so
     that `adjoint="backsolve"` sees its parameters.
     """
-    return odeint(
-        func,
-        y0,
-        ts,
-        solver=node.solver,
-        rtol=node.rtol,
-        atol=node.atol,
-        dt0=node.dt0,
-        adjoint=node.adjoint,
-        max_steps=node.max_steps,
-        checkpoints=node.checkpoints,
-        args=args,
-        return_stats=True,
-        throw=throw,
-    )
+    return node._odeint(func, y0, ts, args, throw)
 
 
 def solve_from(node: NeuralODE, func, y0, t0, ts, *, args=None, throw: bool = True):
