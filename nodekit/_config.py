@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -419,6 +420,11 @@ def _format_error(err: dict, raw: dict) -> ConfigError:
         name = data.get("name") if isinstance(data, dict) else None
         text = name if isinstance(name, str) else _shown(name)
         return ConfigError("data.name", unknown_name_message("data name", text, list(_DATA_MODELS)))
+    if kind == "literal_error":
+        options = re.findall(r"'([^']*)'", str(err.get("ctx", {}).get("expected", "")))
+        hint = closest(str(value), options) if isinstance(value, str) else None
+        did = f"; did you mean {hint!r}?" if hint else "."
+        return ConfigError(path, f"got {shown}: allowed {', '.join(map(repr, options))}{did}")
     return ConfigError(path, f"got {shown}: {msg}.".replace("..", "."))
 
 

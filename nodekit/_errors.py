@@ -163,6 +163,8 @@ def closest(name: str, options: Iterable[str]) -> str | None:
     best = None
     for index, option in enumerate(options):
         d = _edit_distance(name.lower(), option.lower())
+        if len(name) >= 3 and option.lower().startswith(name.lower()):
+            d = min(d, 1)  # a cut-short name: 'skip' for 'skip_step'
         if d > max(1, (max(len(name), len(option)) + 1) // 3):
             continue
         ratio = difflib.SequenceMatcher(None, name, option).ratio()

@@ -130,6 +130,9 @@ BAD_OVERRIDES = {
     "empty-value": ("train.steps=", ["train.steps", "None"]),
     "fraction-for-int": ("train.steps=1.5", ["train.steps", "1.5"]),
     "python-tag": ("seed=!!python/object/apply:os.getcwd []", ["seed"]),
+    "literal-typo": ("precision=float46", ["precision", "'float46'", "did you mean 'float64'?"]),
+    "cut-short-name": ("train.on_nonfinite=skip", ["train.on_nonfinite", "did you mean 'skip_step'?"]),
+    "bad-checkpoints": ("solver.checkpoints=autoo", ["solver.checkpoints", "'auto', null"]),
 }
 
 
