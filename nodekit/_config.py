@@ -59,10 +59,7 @@ def _refuse_booleans(raw, cls, path) -> None:
         if key == "data" and cls is Config:
             sub = _data_model({"data": value})
         else:
-            sub = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
-            models = [a for a in getattr(ann, "__args__", ()) or ()
-                      if isinstance(a, type) and issubclass(a, BaseModel)]
-            sub = sub or (models[0] if len(models) == 1 else None)
+            sub = _sub_model(ann)
         if sub is not None:
             _refuse_booleans(value, sub, path + [key])
 
@@ -326,6 +323,15 @@ class Config(_Strict):
 # --------------------------------------------------------------------------- errors
 
 
+def _sub_model(annotation) -> type | None:
+    """The config section an annotation holds (`Section` or `Section | None`), else None."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    models = [a for a in getattr(annotation, "__args__", ()) or ()
+              if isinstance(a, type) and issubclass(a, BaseModel)]
+    return models[0] if len(models) == 1 else None
+
+
 def _model_at(cls, loc) -> type | None:
     """The pydantic model class found by following `loc` from `cls`."""
     for part in loc:
@@ -335,13 +341,8 @@ def _model_at(cls, loc) -> type | None:
         if field is None:
             # a discriminated union member, named by its tag
             return None
-        ann = field.annotation
-        args = getattr(ann, "__args__", None)
-        if args:
-            models = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
-            ann = models[0] if len(models) == 1 else None
-        cls = ann
-    return cls if isinstance(cls, type) and issubclass(cls, BaseModel) else None
+        cls = _sub_model(field.annotation)
+    return cls
 
 
 def _clean_loc(loc) -> list[str]:
@@ -359,20 +360,12 @@ def _clean_loc(loc) -> list[str]:
                 cls = _DATA_MODELS.get(part)
                 continue
             out.append(part)
-            ann = field.annotation
-            if field.annotation is DataConfig or part == "data":
-                cls = "data"
-                continue
-            models = [a for a in getattr(ann, "__args__", ()) or ()
-                      if isinstance(a, type) and issubclass(a, BaseModel)]
-            if isinstance(ann, type) and issubclass(ann, BaseModel):
-                cls = ann
-            elif len(models) == 1:
-                cls = models[0]
-            elif getattr(ann, "__origin__", None) is dict:
+            if cls is Config and part == "data":
+                cls = "data"  # a union by data.name: the next part may be its tag
+            elif getattr(field.annotation, "__origin__", None) is dict:
                 cls = "mapping"
             else:
-                cls = None  # a value: anything further is a union tag
+                cls = _sub_model(field.annotation)  # None for a value: what follows is a tag
         elif cls == "data":
             cls = _DATA_MODELS.get(part)
             if cls is None:
@@ -457,7 +450,10 @@ def validate(raw: Any) -> Config:
     try:
         cfg = Config.model_validate(raw)
     except pydantic.ValidationError as e:
-        raise _format_error(e.errors()[0], raw) from None
+        errors = e.errors()
+        # a wrong value is news to the user; a missing key often follows from it
+        first = next((x for x in errors if x["type"] != "missing"), errors[0])
+        raise _format_error(first, raw) from None
     if cfg.data.name != _TASK_DATA[cfg.task]:
         raise ConfigError("data.name", f"got {cfg.data.name!r}: task {cfg.task!r} reads "
                                        f"{_TASK_DATA[cfg.task]!r} data.")
