@@ -226,18 +226,13 @@ def spiral_raw(**solver) -> dict:
 def spiral_step(**solver):
     """`(task, model, opt_state, step, optim)` for the spiral problem, with
     `nodekit.make_step` over `TrajectoryTask.loss`."""
-    import equinox as eqx
     import jax
 
     from nodekit._config import validate
-    from nodekit._tasks import TrajectoryTask
-    from nodekit._train import make_optimizer, make_step
+    from nodekit._train import initial_state, make_step
 
     cfg = validate(spiral_raw(**solver))
-    task = TrajectoryTask(cfg)
-    model = task.make_model(jax.random.PRNGKey(0))
-    optim = make_optimizer(cfg.optimizer, cfg.train.steps)
-    opt_state = optim.init(eqx.filter(model, eqx.is_inexact_array))
+    task, model, optim, opt_state = initial_state(cfg, jax.random.PRNGKey(0))
     return task, model, opt_state, make_step(task.loss, optim), optim
 
 

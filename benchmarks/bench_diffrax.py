@@ -86,16 +86,12 @@ def diffrax_step_fn(ts, joint: bool, rtol=1e-7, atol=1e-9, optim=None):
 
 def compare(repeats, modes, flat_too=True):
     from nodekit._config import validate
-    from nodekit._tasks import TrajectoryTask
-    from nodekit._train import make_optimizer, make_step
+    from nodekit._train import initial_state, make_step
 
     rows = []
     for mode in modes:
         cfg = validate(spiral_raw(batch_mode=mode))
-        task = TrajectoryTask(cfg)
-        model = task.make_model(jax.random.PRNGKey(0))
-        optim = make_optimizer(cfg.optimizer, cfg.train.steps)
-        opt_state = optim.init(eqx.filter(model, eqx.is_inexact_array))
+        task, model, optim, opt_state = initial_state(cfg, jax.random.PRNGKey(0))
         batch = jax.tree_util.tree_map(jnp.asarray, task.batch(0))
         key = jax.random.PRNGKey(1)
         ts = jnp.asarray(task.ts[: cfg.data.batch_time])
@@ -157,14 +153,10 @@ def profile(repeats):
     """Where a joint spiral step's time goes."""
     import nodekit
     from nodekit._config import validate
-    from nodekit._tasks import TrajectoryTask
-    from nodekit._train import make_optimizer
+    from nodekit._train import initial_state
 
     cfg = validate(spiral_raw())
-    task = TrajectoryTask(cfg)
-    model = task.make_model(jax.random.PRNGKey(0))
-    optim = make_optimizer(cfg.optimizer, cfg.train.steps)
-    opt_state = optim.init(eqx.filter(model, eqx.is_inexact_array))
+    task, model, optim, opt_state = initial_state(cfg, jax.random.PRNGKey(0))
     batch = jax.tree_util.tree_map(jnp.asarray, task.batch(0))
     key = jax.random.PRNGKey(1)
 
@@ -228,15 +220,11 @@ def loop_profile(repeats):
     import nodekit
     from nodekit._compiled_step import CompiledStep
     from nodekit._config import validate
-    from nodekit._tasks import TrajectoryTask
-    from nodekit._train import _to_host, make_optimizer, setup_devices, step_body
+    from nodekit._train import _to_host, initial_state, setup_devices, step_body
 
     raw = spiral_raw()
     cfg = validate(raw)
-    task = TrajectoryTask(cfg)
-    model = task.make_model(jax.random.PRNGKey(0))
-    optim = make_optimizer(cfg.optimizer, cfg.train.steps)
-    opt_state = optim.init(eqx.filter(model, eqx.is_inexact_array))
+    task, model, optim, opt_state = initial_state(cfg, jax.random.PRNGKey(0))
     _, batch_sharding, _ = setup_devices(cfg)
     batch = jax.device_put(task.batch(0), batch_sharding)
     key = jax.random.PRNGKey(1)

@@ -55,8 +55,7 @@ def probe(spec: dict) -> dict:
 
     from benchmarks._common import CompileEvents, spiral_raw
     from nodekit._config import validate
-    from nodekit._tasks import TrajectoryTask
-    from nodekit._train import make_optimizer, make_step
+    from nodekit._train import initial_state, make_step
 
     t_import = time.perf_counter() - t0
     if spec.get("checkpoints_none"):
@@ -66,10 +65,7 @@ def probe(spec: dict) -> dict:
     if "eval_cache" in spec:
         return probe_eval_cache(spec)
     cfg = validate(spiral_raw(**spec.get("solver", {})))
-    task = TrajectoryTask(cfg)
-    model = task.make_model(jax.random.PRNGKey(0))
-    optim = make_optimizer(cfg.optimizer, cfg.train.steps)
-    opt_state = optim.init(eqx.filter(model, eqx.is_inexact_array))
+    task, model, optim, opt_state = initial_state(cfg, jax.random.PRNGKey(0))
     step = make_step(task.loss, optim)
     batch = jax.tree_util.tree_map(jnp.asarray, task.batch(0))
     key = jax.random.PRNGKey(1)

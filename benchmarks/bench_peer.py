@@ -201,14 +201,10 @@ def first_call(trainer_step, *args):
 
 def spiral_setup(adjoint="recursive", batch_mode="joint", loss=None):
     from nodekit._config import validate
-    from nodekit._tasks import TrajectoryTask
-    from nodekit._train import make_optimizer, make_step
+    from nodekit._train import initial_state, make_step
 
     cfg = validate(spiral_raw(adjoint=adjoint, batch_mode=batch_mode))
-    task = TrajectoryTask(cfg)
-    model = task.make_model(jax.random.PRNGKey(0))
-    optim = make_optimizer(cfg.optimizer, cfg.train.steps)
-    opt_state = optim.init(eqx.filter(model, eqx.is_inexact_array))
+    task, model, optim, opt_state = initial_state(cfg, jax.random.PRNGKey(0))
     step = make_step(loss or task.loss, optim)
     return cfg, task, model, opt_state, step, optim
 

@@ -76,6 +76,23 @@ def make_optimizer(cfg: OptimizerConfig, total_steps: int) -> optax.GradientTran
 # ----------------------------------------------------------------- the step
 
 
+def initial_state(config: Config, model_key):
+    """What a run of `config` starts from: `(task, model, optim, opt_state)` with the
+    model drawn from `model_key` (before any checkpoint is resumed).
+
+    **Example:**
+
+    ```python
+    task, model, optim, opt_state = initial_state(cfg, jax.random.PRNGKey(0))
+    step = nodekit.make_step(task.loss, optim)
+    ```
+    """
+    task = make_task(config)
+    model = task.make_model(model_key)
+    optim = make_optimizer(config.optimizer, config.train.steps)
+    return task, model, optim, optim.init(eqx.filter(model, eqx.is_inexact_array))
+
+
 def step_body(loss_fn: Callable, optim: optax.GradientTransformation) -> Callable:
     """The un-jitted training step (see `make_step`)."""
 
@@ -304,12 +321,8 @@ def train(config: Config | dict | str | Path, workdir: str | Path, *, restart: b
     if config.train.compile_cache:
         enable_compile_cache()
 
-    task = make_task(config)
-    key = jax.random.PRNGKey(config.seed)
-    model_key, train_key = jax.random.split(key)
-    model = task.make_model(model_key)
-    optim = make_optimizer(config.optimizer, config.train.steps)
-    opt_state = optim.init(eqx.filter(model, eqx.is_inexact_array))
+    model_key, train_key = jax.random.split(jax.random.PRNGKey(config.seed))
+    task, model, optim, opt_state = initial_state(config, model_key)
 
     start_step, best = 0, math.inf
     resumed = False

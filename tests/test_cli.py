@@ -42,17 +42,13 @@ def _train_rows(workdir) -> list[dict]:
 
 def _like(overrides=()):
     """A `(model, opt_state)` of the tiny config's shapes, to load its checkpoints into."""
-    import equinox as eqx
     import jax
 
     from nodekit._config import load_config
-    from nodekit._tasks import make_task
-    from nodekit._train import make_optimizer
+    from nodekit._train import initial_state
 
     cfg = load_config(TINY, list(overrides))
-    model = make_task(cfg).make_model(jax.random.PRNGKey(0))
-    opt_state = make_optimizer(cfg.optimizer, cfg.train.steps).init(
-        eqx.filter(model, eqx.is_inexact_array))
+    _, model, _, opt_state = initial_state(cfg, jax.random.PRNGKey(0))
     return cfg, (model, opt_state)
 
 

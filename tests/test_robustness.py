@@ -204,22 +204,18 @@ def test_interrupted_runs_resume_bitwise(tmp_path):
 def checkpoints(tmp_path_factory):
     """A valid checkpoint of the tiny config (untrained, step 5), and one of a wider
     model carrying the tiny config's hash."""
-    import equinox as eqx
     import jax
 
     from nodekit._checkpoint import save_checkpoint
     from nodekit._config import load_config
-    from nodekit._tasks import make_task
-    from nodekit._train import make_optimizer
+    from nodekit._train import initial_state
 
     folder = tmp_path_factory.mktemp("ckpts")
     tiny = load_config(TINY)
     out = {}
     for name, overrides in (("good", []), ("wide", ["model.field.width=32"])):
         cfg = load_config(TINY, overrides)
-        model = make_task(cfg).make_model(jax.random.PRNGKey(0))
-        opt_state = make_optimizer(cfg.optimizer, cfg.train.steps).init(
-            eqx.filter(model, eqx.is_inexact_array))
+        _, model, _, opt_state = initial_state(cfg, jax.random.PRNGKey(0))
         save_checkpoint(folder / name, (model, opt_state), step=5, config_hash=tiny.hash(),
                         meta={"best": None})
         out[name] = (folder / name).read_bytes()

@@ -12,8 +12,7 @@ import pytest
 import nodekit
 from nodekit._compiled_step import CompiledStep
 from nodekit._config import OptimizerConfig
-from nodekit._tasks import make_task
-from nodekit._train import make_optimizer, step_body
+from nodekit._train import initial_state, make_optimizer, step_body
 
 TINY = {
     "data": {"n_points": 100, "batch_time": 5},
@@ -28,10 +27,7 @@ TINY = {
 @pytest.fixture(scope="module")
 def parts():
     cfg = nodekit.validate_config(TINY)
-    task = make_task(cfg)
-    model = task.make_model(jax.random.PRNGKey(0))
-    optim = make_optimizer(cfg.optimizer, cfg.train.steps)
-    opt_state = optim.init(eqx.filter(model, eqx.is_inexact_array))
+    task, model, optim, opt_state = initial_state(cfg, jax.random.PRNGKey(0))
     return cfg, task, model, optim, opt_state
 
 
