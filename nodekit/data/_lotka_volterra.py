@@ -9,7 +9,7 @@ import functools
 import numpy as np
 
 from .._errors import InputError
-from ._reference import reference_solve
+from ._reference import cached_reference, reference_solve
 from ._checks import check_float, check_int, check_seed, rng
 
 
@@ -17,10 +17,9 @@ from ._checks import check_float, check_int, check_seed, rng
 def _solve(params: tuple, y0: tuple, t1: float, n_points: int) -> np.ndarray:
     ts = np.linspace(0.0, t1, n_points, dtype=np.float32)
     alpha, beta, gamma, delta = params
-    ys = reference_solve(
-        lambda t, s: np.array([alpha * s[0] - beta * s[0] * s[1], gamma * s[0] * s[1] - delta * s[1]]),
-        y0, ts,
-    )
+    rhs = lambda t, s: np.array([alpha * s[0] - beta * s[0] * s[1], gamma * s[0] * s[1] - delta * s[1]])
+    ys = cached_reference("lotka_volterra", [list(params), list(y0), t1, n_points], (n_points, 2),
+                          lambda: reference_solve(rhs, y0, ts))
     ys.flags.writeable = False
     return ys
 

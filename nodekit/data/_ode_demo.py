@@ -7,7 +7,7 @@ import functools
 import numpy as np
 
 from ._checks import check_float, check_int
-from ._reference import reference_solve
+from ._reference import cached_reference, reference_solve
 
 
 #: The matrix of torchdiffeq's `ode_demo`: `dy/dt = (y**3) @ ODE_DEMO_A` (read-only).
@@ -25,7 +25,8 @@ _A64 = ODE_DEMO_A.astype(np.float64)
 @functools.lru_cache(maxsize=16)
 def _solve(n_points: int, t1: float) -> tuple[np.ndarray, np.ndarray]:
     ts = np.linspace(0.0, t1, n_points, dtype=np.float32)
-    ys = reference_solve(lambda t, y: (y**3) @ _A64, ODE_DEMO_Y0, ts)
+    ys = cached_reference("ode_demo_spiral", [n_points, t1], (n_points, 2),
+                          lambda: reference_solve(lambda t, y: (y**3) @ _A64, ODE_DEMO_Y0, ts))
     ts.flags.writeable = False
     ys.flags.writeable = False
     return ts, ys
