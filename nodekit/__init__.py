@@ -1,50 +1,104 @@
 """nodekit: neural ordinary differential equations on JAX."""
 
-from ._errors import (
-    CheckpointError as CheckpointError,
-    ConfigError as ConfigError,
-    InputError as InputError,
-    NodekitError as NodekitError,
-    SolverError as SolverError,
-    TrainingFault as TrainingFault,
-)
-from ._odeint import (
-    ADJOINTS as ADJOINTS,
-    RK4 as RK4,
-    SOLVERS as SOLVERS,
-    SolveStats as SolveStats,
-    odeint as odeint,
-)
+# The public names are imported on first use (PEP 562 `__getattr__`): `import nodekit`
+# then costs next to nothing, and a run that never touches, say, the regularisers does
+# not import them. `nodekit.<name>` and `from nodekit import <name>` work as before;
+# the block below is what type checkers and readers see.
+from typing import TYPE_CHECKING
+
 from ._version import __version__ as __version__
-from ._fields import (
-    ACTIVATIONS as ACTIVATIONS,
-    AbstractVectorField as AbstractVectorField,
-    FunctionField as FunctionField,
-    MLPField as MLPField,
-    SecondOrderField as SecondOrderField,
-)
-from ._neural_ode import (
-    BATCH_MODES as BATCH_MODES,
-    NeuralODE as NeuralODE,
-    Solution as Solution,
-)
-from ._config import (
-    Config as Config,
-    load_config as load_config,
-    validate as validate_config,
-)
-from ._train import make_optimizer as make_optimizer, make_step as make_step, train as train
-from ._regularisers import (
-    AbstractRegulariser as AbstractRegulariser,
-    JacobianFrobenius as JacobianFrobenius,
-    KineticEnergy as KineticEnergy,
-    TaylorRK as TaylorRK,
-    augmented_field as augmented_field,
-    regularised_odeint as regularised_odeint,
-    regularised_odeint_batch as regularised_odeint_batch,
-    sample_noise as sample_noise,
-    steer_end_time as steer_end_time,
-    total_penalty as total_penalty,
-)
+
+if TYPE_CHECKING:
+    from ._config import (
+        Config as Config,
+        load_config as load_config,
+        validate as validate_config,
+    )
+    from ._errors import (
+        CheckpointError as CheckpointError,
+        ConfigError as ConfigError,
+        InputError as InputError,
+        NodekitError as NodekitError,
+        SolverError as SolverError,
+        TrainingFault as TrainingFault,
+    )
+    from ._fields import (
+        ACTIVATIONS as ACTIVATIONS,
+        AbstractVectorField as AbstractVectorField,
+        FunctionField as FunctionField,
+        MLPField as MLPField,
+        SecondOrderField as SecondOrderField,
+    )
+    from ._neural_ode import (
+        BATCH_MODES as BATCH_MODES,
+        NeuralODE as NeuralODE,
+        Solution as Solution,
+    )
+    from ._odeint import (
+        ADJOINTS as ADJOINTS,
+        RK4 as RK4,
+        SOLVERS as SOLVERS,
+        SolveStats as SolveStats,
+        odeint as odeint,
+    )
+    from ._regularisers import (
+        AbstractRegulariser as AbstractRegulariser,
+        JacobianFrobenius as JacobianFrobenius,
+        KineticEnergy as KineticEnergy,
+        TaylorRK as TaylorRK,
+        augmented_field as augmented_field,
+        regularised_odeint as regularised_odeint,
+        regularised_odeint_batch as regularised_odeint_batch,
+        sample_noise as sample_noise,
+        steer_end_time as steer_end_time,
+        total_penalty as total_penalty,
+    )
+    from ._train import make_optimizer as make_optimizer, make_step as make_step, train as train
+
+# public name -> (module, attribute in it)
+_LAZY = {
+    **{n: ("._errors", n) for n in ("CheckpointError", "ConfigError", "InputError", "NodekitError",
+                                     "SolverError", "TrainingFault")},
+    **{n: ("._odeint", n) for n in ("ADJOINTS", "RK4", "SOLVERS", "SolveStats", "odeint")},
+    **{n: ("._fields", n) for n in ("ACTIVATIONS", "AbstractVectorField", "FunctionField", "MLPField",
+                                     "SecondOrderField")},
+    **{n: ("._neural_ode", n) for n in ("BATCH_MODES", "NeuralODE", "Solution")},
+    "Config": ("._config", "Config"),
+    "load_config": ("._config", "load_config"),
+    "validate_config": ("._config", "validate"),
+    **{n: ("._train", n) for n in ("make_optimizer", "make_step", "train")},
+    **{n: ("._regularisers", n) for n in (
+        "AbstractRegulariser", "JacobianFrobenius", "KineticEnergy", "TaylorRK", "augmented_field",
+        "regularised_odeint", "regularised_odeint_batch", "sample_noise", "steer_end_time",
+        "total_penalty")},
+}
 
 # Subpackages, imported on use: `nodekit.data`, `nodekit.models`, `nodekit.experiments`.
+_SUBPACKAGES = ("data", "models", "experiments")
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str):
+    import importlib
+
+    if name in _LAZY:
+        module, attr = _LAZY[name]
+        value = getattr(importlib.import_module(module, __name__), attr)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    if name in _SUBPACKAGES or (name.startswith("_") and not name.startswith("__")
+                                and name[1:].isidentifier() and _is_submodule(name)):
+        return importlib.import_module("." + name, __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _is_submodule(name: str) -> bool:
+    from pathlib import Path
+
+    here = Path(__file__).parent
+    return (here / f"{name}.py").is_file() or (here / name / "__init__.py").is_file()
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY) | set(_SUBPACKAGES))

@@ -77,14 +77,52 @@ def _source_hash() -> str:
 
 
 def _versions() -> dict:
-    import diffrax
+    # From the installed metadata: reading the version must not import Diffrax or Optax
+    # (a warm run that loads its step has no other use for them before the first step).
+    from importlib.metadata import version
+
     import jaxlib
-    import optax
 
     from ._version import __version__
 
     return {"jax": jax.__version__, "jaxlib": jaxlib.__version__, "equinox": eqx.__version__,
-            "diffrax": diffrax.__version__, "optax": optax.__version__, "nodekit": __version__}
+            "diffrax": version("diffrax"), "optax": version("optax"), "nodekit": __version__}
+
+
+def _load_or_export(jitted, specs, path: Path):
+    """`(callable, source)`: the function stored at `path` (`"export-cache"`), or
+    `jitted` traced in `no_host_callbacks()`, exported and stored there
+    (`"traced+exported"`)."""
+    from jax import export
+
+    if path.exists():
+        try:
+            exported = export.deserialize(bytearray(path.read_bytes()))
+            return jax.jit(exported.call), "export-cache"
+        except Exception:  # unreadable entry: export afresh below
+            pass
+    with no_host_callbacks():
+        exported = export.export(jitted)(*specs)
+    atomic_write_bytes(path, bytes(exported.serialize()))
+    return jax.jit(exported.call), "traced+exported"
+
+
+def _compile(fn, specs, source: str):
+    """Trace (unless loaded) and compile now, so the timing and the scope of
+    `no_host_callbacks` are both explicit. A loaded function has nothing left to trace
+    in it, so it is compiled outside `no_host_callbacks` (whose `jax.clear_caches()`
+    would make every small op of the run compile again)."""
+    if source == "export-cache":
+        return fn.lower(*specs).compile()
+    with no_host_callbacks():
+        return fn.lower(*specs).compile()
+
+
+def _digest(material: dict) -> str:
+    material = dict(material, versions=_versions(), source=_source_hash(),
+                    device=[jax.default_backend(), jax.devices()[0].device_kind],
+                    x64=bool(jax.config.jax_enable_x64))
+    return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()
 
 
 class CompiledStep:
@@ -133,47 +171,20 @@ class CompiledStep:
         self._specs = specs
         self.path = None
         if cache_dir is None:
-            self._call = self._compile(self._jitted)
+            self._call = _compile(self._jitted, specs, self.source)
             return
-        material = {
+        digest = _digest({
             "key": key_material,
             "fold_step": fold_step,
             "specs": jax.tree_util.tree_map(lambda s: [list(s.shape), str(s.dtype)], specs),
-            "versions": _versions(),
-            "source": _source_hash(),
-            "device": [jax.default_backend(), jax.devices()[0].device_kind],
-            "x64": bool(jax.config.jax_enable_x64),
-        }
-        digest = hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()
+        })
         self.path = Path(cache_dir) / "steps" / f"{digest[:32]}.jaxexport"
         try:
-            fn = self._load_or_export(specs)
+            fn, self.source = _load_or_export(self._jitted, specs, self.path)
         except Exception as e:  # the cache is an optimisation: never fail a run over it
             self.cache_error = f"{type(e).__name__}: {e}"
             fn, self.source = self._jitted, "traced"
-        self._call = self._compile(fn)
-
-    def _compile(self, fn):
-        """Trace (unless loaded) and compile now, so the timing and the scope of
-        `no_host_callbacks` are both explicit."""
-        with no_host_callbacks():
-            return fn.lower(*self._specs).compile()
-
-    def _load_or_export(self, specs):
-        from jax import export
-
-        if self.path.exists():
-            try:
-                exported = export.deserialize(bytearray(self.path.read_bytes()))
-                self.source = "export-cache"
-                return jax.jit(exported.call)
-            except Exception:  # unreadable entry: export afresh below
-                pass
-        with no_host_callbacks():
-            exported = export.export(self._jitted)(*specs)
-        atomic_write_bytes(self.path, bytes(exported.serialize()))
-        self.source = "traced+exported"
-        return jax.jit(exported.call)
+        self._call = _compile(fn, specs, self.source)
 
     def flatten(self, model, opt_state) -> list:
         """The flat list of arrays of `(model, opt_state)`."""
@@ -185,3 +196,4 @@ class CompiledStep:
 
     def __call__(self, leaves, batch, key):
         return self._call(leaves, batch, key)
+
