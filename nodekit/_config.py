@@ -24,11 +24,14 @@ from ._neural_ode import BATCH_MODES
 from ._odeint import ADJOINTS, SOLVERS
 
 
-#: Optimisers by their Optax names.
+#: Optimisers by their Optax names. `lbfgs` (L-BFGS with a zoom line search) is for
+#: full-batch, deterministic fine-tuning; see `OptimizerConfig`.
 OPTIMIZERS = (
     "adam", "adamw", "adabelief", "adagrad", "adamax", "lamb", "lion", "nadam", "radam",
-    "rmsprop", "sgd", "yogi", "novograd",
+    "rmsprop", "sgd", "yogi", "novograd", "lbfgs",
 )
+#: `optimizer.kwargs` that `lbfgs` accepts (positive integers), with their defaults.
+LBFGS_KWARGS = {"memory_size": 10, "max_linesearch_steps": 20}
 #: Learning-rate schedules.
 SCHEDULES = ("constant", "cosine", "warmup_cosine", "exponential")
 
@@ -138,6 +141,19 @@ class SolverConfig(_Strict):
 
 
 class OptimizerConfig(_Strict):
+    """The optimiser, by its Optax name, with its learning rate and schedule, gradient
+    clipping, weight decay and extra keyword arguments.
+
+    `lbfgs` is `optax.lbfgs` with a zoom line search that picks each step's size: it is
+    meant for full-batch fine-tuning of a deterministic loss (e.g. a UDE after Adam, as
+    Rackauckas et al. 2020). Its `learning_rate` scales the step the line search starts
+    from and defaults to 1.0; `schedule` must stay `constant`, and `clip_norm` and
+    `weight_decay` are refused (they would change the gradients without changing the
+    loss the line search measures). `kwargs` may set `memory_size` and
+    `max_linesearch_steps`. `validate` also refuses it with minibatches or stochastic
+    terms in the loss (see `_check_lbfgs_loss`).
+    """
+
     name: str = "adam"
     learning_rate: PosFloat = 1e-3
     schedule: str = "constant"
@@ -149,6 +165,15 @@ class OptimizerConfig(_Strict):
 
     _name = field_validator("name")(_name_in("optimizer", OPTIMIZERS))
 
+    @pydantic.model_validator(mode="before")
+    @classmethod
+    def _lbfgs_learning_rate(cls, data):
+        """L-BFGS's line search starts from the full quasi-Newton step: its default
+        learning rate is 1.0, not Adam's 1e-3."""
+        if isinstance(data, dict) and data.get("name") == "lbfgs" and "learning_rate" not in data:
+            data = {**data, "learning_rate": 1.0}
+        return data
+
     @field_validator("kwargs", mode="before")
     @classmethod
     def _numbers_only(cls, v):
@@ -159,6 +184,62 @@ class OptimizerConfig(_Strict):
         return v
     _schedule = field_validator("schedule")(_name_in("schedule", SCHEDULES))
     _fin = field_validator("learning_rate", "clip_norm", "weight_decay")(_finite)
+
+    @field_validator("schedule", "clip_norm", "weight_decay", "kwargs")
+    @classmethod
+    def _lbfgs_fits(cls, v, info):
+        """Refuse what L-BFGS's line search cannot work with (fields after `name`)."""
+        if info.data.get("name") != "lbfgs":
+            return v
+        key = info.field_name
+        if key == "schedule" and v != "constant":
+            raise ValueError("lbfgs picks each step's size by a line search; a schedule "
+                             "cannot apply. Use schedule 'constant' (learning_rate scales "
+                             "the step the line search starts from, default 1.0)")
+        if key == "clip_norm" and v is not None:
+            raise ValueError("lbfgs cannot clip gradients: the line search and the curvature "
+                             "memory need the true gradient of the loss. Leave clip_norm null")
+        if key == "weight_decay" and v:
+            raise ValueError("lbfgs cannot add decoupled weight decay: the line search "
+                             "measures the loss without it. Leave weight_decay 0 (put an "
+                             "L2 penalty in the loss instead)")
+        if key == "kwargs":
+            for k, x in v.items():
+                if k not in LBFGS_KWARGS:
+                    hint = closest(k, list(LBFGS_KWARGS))
+                    did = f"; did you mean {hint!r}?" if hint else ""
+                    raise ValueError(f"kwargs.{k} is not an lbfgs option{did} Allowed: "
+                                     f"{', '.join(LBFGS_KWARGS)}")
+                if x != int(x) or x < 1:
+                    raise ValueError(f"kwargs.{k} must be a positive integer for lbfgs, got {x!r}")
+        return v
+
+
+def _check_lbfgs_loss(cfg: "Config") -> None:
+    """`lbfgs` needs the same deterministic loss at every step: its curvature memory
+    pairs gradients of consecutive steps, and its line search assumes the function it
+    measured is the one it then minimises. Refuse, naming the key, a run whose loss
+    changes from step to step (minibatches, Hutchinson noise, STEER's random end time)."""
+    if cfg.optimizer.name != "lbfgs":
+        return
+    why = "optimizer.name 'lbfgs' needs a deterministic full-batch loss"
+    reg = cfg.regularisation
+    if reg.steer is not None:
+        raise ConfigError("regularisation.steer", f"{why}, but STEER draws a random end "
+                          "time each step. Remove regularisation.steer, or train with adam.")
+    if reg.jacobian is not None and reg.jacobian.estimator == "hutchinson":
+        raise ConfigError("regularisation.jacobian.estimator", f"got 'hutchinson': {why}, "
+                          "but the Hutchinson estimator draws new noise each step. Use "
+                          "estimator 'exact' with lbfgs.")
+    if cfg.task == "density" and cfg.model.cnf.trace == "hutchinson":
+        raise ConfigError("model.cnf.trace", f"got 'hutchinson': {why}, but the Hutchinson "
+                          "trace draws new noise each step. Use trace 'exact' with lbfgs.")
+    d = cfg.data
+    full = d.n_points - d.batch_time if cfg.task == "trajectory" else d.n_train
+    if cfg.train.batch_size != full:
+        raise ConfigError("train.batch_size", f"got {cfg.train.batch_size}: {why}, so the "
+                          f"batch must be the whole training set: set train.batch_size={full} "
+                          "(or train with adam on minibatches).")
 
 
 class TrainConfig(_Strict):
@@ -272,12 +353,20 @@ class SteerConfig(_Strict):
 
 
 class RegularisationConfig(_Strict):
-    """Penalties that keep learned dynamics easy to solve; each is off unless given."""
+    """Penalties that keep learned dynamics easy to solve; each is off unless given.
+
+    `quadrature` says how the penalties' integrals are taken along the solve:
+    `trapezoid` (default: the integrands once per solver step, the steps those of the
+    unregularised solve) or `augmented` (running integrals in the ODE state, evaluated
+    at every stage and under error control, as RNODE's and TayNODE's code do; several
+    times dearer). See `nodekit.regularised_odeint`.
+    """
 
     kinetic: KineticConfig | None = None
     jacobian: JacobianConfig | None = None
     taylor: TaylorConfig | None = None
     steer: SteerConfig | None = None
+    quadrature: Literal["trapezoid", "augmented"] = "trapezoid"
 
     _short = field_validator("kinetic", "jacobian", "taylor", mode="before")(_weight_shorthand)
 
@@ -457,6 +546,7 @@ def validate(raw: Any) -> Config:
     if cfg.data.name != _TASK_DATA[cfg.task]:
         raise ConfigError("data.name", f"got {cfg.data.name!r}: task {cfg.task!r} reads "
                                        f"{_TASK_DATA[cfg.task]!r} data.")
+    _check_lbfgs_loss(cfg)
     return cfg
 
 

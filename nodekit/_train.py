@@ -46,7 +46,19 @@ def make_optimizer(cfg: OptimizerConfig, total_steps: int) -> optax.GradientTran
     optim = make_optimizer(OptimizerConfig(name="adamw", learning_rate=3e-3,
                                            schedule="warmup_cosine", warmup_steps=100), 1000)
     ```
+
+    `name="lbfgs"` gives `optax.lbfgs` with a zoom line search (`kwargs`: `memory_size`,
+    `max_linesearch_steps`): meant for full-batch fine-tuning of a deterministic loss,
+    e.g. a UDE after Adam. Its `update` needs `value`, `grad` and `value_fn`, which the
+    training step passes (see `step_body`); the config refuses schedules, clipping,
+    weight decay, minibatches and noisy losses with it.
     """
+    if cfg.name == "lbfgs":
+        opts = {**_lbfgs_defaults(), **{k: int(v) for k, v in cfg.kwargs.items()}}
+        linesearch = optax.scale_by_zoom_linesearch(
+            max_linesearch_steps=opts["max_linesearch_steps"], initial_guess_strategy="one")
+        return optax.lbfgs(cfg.learning_rate, memory_size=opts["memory_size"],
+                           linesearch=linesearch)
     lr: Any = cfg.learning_rate
     if cfg.schedule == "cosine":
         lr = optax.cosine_decay_schedule(cfg.learning_rate, total_steps, alpha=cfg.decay_rate)
@@ -71,6 +83,21 @@ def make_optimizer(cfg: OptimizerConfig, total_steps: int) -> optax.GradientTran
         chain.append(optax.add_decayed_weights(cfg.weight_decay))
     chain.append(base)
     return optax.chain(*chain) if len(chain) > 1 else base
+
+
+def _lbfgs_defaults() -> dict:
+    from ._config import LBFGS_KWARGS
+
+    return dict(LBFGS_KWARGS)
+
+
+def _needs_value_fn(opt_state) -> bool:
+    """Whether the optimiser holds a line search (e.g. `lbfgs`), whose `update` needs
+    the loss's `value`, `grad` and `value_fn`. Decided from the state's types when the
+    step is traced, so other optimisers' step is unchanged."""
+    searches = (optax.ScaleByZoomLinesearchState, optax.ScaleByBacktrackingLinesearchState)
+    leaves = jax.tree_util.tree_leaves(opt_state, is_leaf=lambda x: isinstance(x, searches))
+    return any(isinstance(x, searches) for x in leaves)
 
 
 # ----------------------------------------------------------------- the step
@@ -99,7 +126,17 @@ def step_body(loss_fn: Callable, optim: optax.GradientTransformation) -> Callabl
     def step(model, opt_state, batch, key):
         (loss, aux), grads = eqx.filter_value_and_grad(loss_fn, has_aux=True)(model, batch, key)
         params = eqx.filter(model, eqx.is_inexact_array)
-        updates, new_opt_state = optim.update(grads, opt_state, params)
+        if _needs_value_fn(opt_state):
+            # a line search (lbfgs): the loss on this step's batch and key, as a
+            # function of the parameters alone
+            static = eqx.filter(model, eqx.is_inexact_array, inverse=True)
+            value_fn = lambda p: loss_fn(eqx.combine(p, static), batch, key)[0]  # noqa: E731
+            updates, new_opt_state = optim.update(grads, opt_state, params, value=loss,
+                                                  grad=grads, value_fn=value_fn)
+            aux = dict(aux, linesearch_steps=optax.tree_utils.tree_get(
+                new_opt_state, "num_linesearch_steps").astype(jnp.float32))
+        else:
+            updates, new_opt_state = optim.update(grads, opt_state, params)
         new_model = eqx.apply_updates(model, updates)
         grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)

@@ -130,3 +130,139 @@ def test_nan_mode_trace_does_not_leak_into_later_solves():
     assert "callback" not in text
     with pytest.raises(Exception, match="increasing"):
         jax.block_until_ready(jax.jit(solve)(bad))
+
+
+# ----------------------------------------------------------------- lbfgs
+
+#: TINY made full-batch (lbfgs needs it): 20 points, every one of the 15 segments of 5.
+TINY_LBFGS = json.loads(json.dumps(TINY))
+TINY_LBFGS["data"] = {"n_points": 20, "batch_time": 5}
+TINY_LBFGS["train"]["batch_size"] = 15
+TINY_LBFGS["optimizer"] = {"name": "lbfgs"}
+
+
+def test_lbfgs_minimises_a_convex_quadratic_faster_than_adam():
+    """An ill-conditioned quadratic: L-BFGS (through `make_step`, which passes it the
+    value, gradient and value_fn) reaches the minimum in a few steps; Adam does not."""
+    a = jnp.diag(jnp.array([30.0, 5.0, 1.0, 0.2]))
+    b = jnp.array([1.0, -2.0, 3.0, -4.0])
+    x_star = jnp.linalg.solve(a, b)
+    f_star = float(-0.5 * b @ x_star)
+
+    def loss_fn(x, batch, key):
+        return 0.5 * x @ a @ x - b @ x, {}
+
+    def run(cfg, steps=15):
+        optim = make_optimizer(cfg, steps)
+        step = nodekit.make_step(loss_fn, optim)
+        x, state = jnp.zeros(4), optim.init(jnp.zeros(4))
+        for _ in range(steps):
+            x, state, m = step(x, state, None, None)
+        return x, float(loss_fn(x, None, None)[0]), m
+
+    lbfgs_cfg = OptimizerConfig(name="lbfgs")
+    assert lbfgs_cfg.learning_rate == 1.0  # the line search starts from the full step
+    x, f_lbfgs, m = run(lbfgs_cfg)
+    np.testing.assert_allclose(np.asarray(x), np.asarray(x_star), rtol=1e-3, atol=1e-3)
+    assert "linesearch_steps" in m
+    _, f_adam, m_adam = run(OptimizerConfig(name="adam", learning_rate=0.1))
+    assert "linesearch_steps" not in m_adam  # the other optimisers' step is unchanged
+    assert f_lbfgs - f_star < 1e-4 < f_adam - f_star
+
+
+def test_lbfgs_compiled_step_exports_and_resumes_bitwise(tmp_path):
+    """The line-search step goes through the same flat, exported step as the other
+    optimisers, and 3 steps + checkpoint + load + 3 steps equals 6 steps bit for bit
+    (the L-BFGS memory and line-search state are in the checkpoint). A small MLP
+    regression keeps it fast; the slow test below does the same through `train`."""
+    from nodekit._checkpoint import load_checkpoint, save_checkpoint
+
+    mlp = eqx.nn.MLP(1, 1, 8, 1, activation=jnp.tanh, key=jax.random.PRNGKey(0))
+    xs = jnp.linspace(-2.0, 2.0, 32)[:, None]
+    batch = (xs, jnp.sin(2.0 * xs))
+
+    def loss_fn(model, batch, key):
+        x, y = batch
+        return jnp.mean((jax.vmap(model)(x) - y) ** 2), {}
+
+    optim = make_optimizer(OptimizerConfig(name="lbfgs", kwargs={"memory_size": 5}), 6)
+    state0 = optim.init(eqx.filter(mlp, eqx.is_inexact_array))
+    cs = CompiledStep(step_body(loss_fn, optim), mlp, state0, batch, jax.random.PRNGKey(1),
+                      cache_dir=tmp_path, key_material={"lbfgs": 1})
+    assert cs.source == "traced+exported", cs.cache_error
+
+    def run(leaves, steps):
+        losses = []
+        for _ in range(steps):
+            leaves, m = cs(leaves, batch, jax.random.PRNGKey(1))
+            losses.append(float(m["loss"]))
+        return leaves, losses
+
+    full, losses = run(cs.flatten(mlp, state0), 6)
+    assert losses[-1] < 0.5 * losses[0]
+    half, _ = run(cs.flatten(mlp, state0), 3)
+    save_checkpoint(tmp_path / "c.nkc", cs.unflatten(half), step=3, config_hash="x")
+    loaded, _ = load_checkpoint(tmp_path / "c.nkc", (mlp, state0), config_hash="x")
+    resumed, _ = run(cs.flatten(*loaded), 3)
+    for a, b in zip(full, resumed):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.slow
+def test_lbfgs_trains_lower_than_adam_and_resumes_bitwise(tmp_path):
+    from nodekit._checkpoint import read_header
+
+    adam = json.loads(json.dumps(TINY_LBFGS))
+    adam["optimizer"] = {"name": "adam", "learning_rate": 1e-2}
+    s_adam = nodekit.train(adam, tmp_path / "adam")
+    full = nodekit.train(TINY_LBFGS, tmp_path / "full")
+    assert full["status"] == "ok" and full["final_loss"] < s_adam["final_loss"]
+    assert full["eval_loss"] < s_adam["eval_loss"]
+    assert "step_cache_error" not in full  # the line-search step exports like the others
+    short = json.loads(json.dumps(TINY_LBFGS))
+    short["train"]["steps"] = 3
+    nodekit.train(short, tmp_path / "part")
+    resumed = nodekit.train(TINY_LBFGS, tmp_path / "part")
+    assert resumed["resumed_from_step"] == 3 and resumed["steps"] == 6
+    # model, L-BFGS memory and line-search state, bit for bit
+    assert (read_header(tmp_path / "full" / "checkpoints" / "latest.nkc")[1]
+            == read_header(tmp_path / "part" / "checkpoints" / "latest.nkc")[1])
+    rows = [json.loads(l) for l in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["linesearch_steps"] >= 1 for r in rows if not r.get("eval"))
+
+
+#: A full-batch density config for lbfgs (64 points, exact trace).
+DENSITY_LBFGS = {"task": "density", "data": {"n_train": 64, "n_test": 64},
+                 "optimizer": {"name": "lbfgs"}, "train": {"batch_size": 64}}
+
+
+@pytest.mark.parametrize(
+    "base,overrides,key",
+    [
+        ("tiny", ["optimizer.schedule=cosine"], "optimizer.schedule"),
+        ("tiny", ["optimizer.clip_norm=1.0"], "optimizer.clip_norm"),
+        ("tiny", ["optimizer.weight_decay=0.01"], "optimizer.weight_decay"),
+        ("tiny", ["optimizer.kwargs.memory=5"], "optimizer.kwargs"),
+        ("tiny", ["optimizer.kwargs.memory_size=2.5"], "optimizer.kwargs"),
+        ("tiny", ["train.batch_size=8"], "train.batch_size"),
+        ("tiny", ["regularisation.jacobian=0.1"], "regularisation.jacobian.estimator"),
+        ("density", ["regularisation.steer.width=0.1"], "regularisation.steer"),
+        ("density", ["model.cnf.trace=hutchinson"], "model.cnf.trace"),
+        ("density", ["train.batch_size=32"], "train.batch_size"),
+    ],
+)
+def test_bad_lbfgs_config_exits_2_naming_the_key(base, overrides, key, tmp_path, capsys):
+    import yaml
+
+    from nodekit.cli import main
+
+    path = tmp_path / "lbfgs.yaml"
+    path.write_text(yaml.safe_dump(TINY_LBFGS if base == "tiny" else DENSITY_LBFGS))
+    sets = [a for o in overrides for a in ("--set", o)]
+    assert main(["validate", str(path)]) == 0  # the base config is fine
+    capsys.readouterr()
+    rc = main(["validate", str(path)] + sets)
+    cap = capsys.readouterr()
+    assert rc == 2 and "Traceback" not in cap.err and cap.out == ""
+    assert len(cap.err.splitlines()) == 1
+    assert cap.err.startswith(f"nodekit: error: {key}:") and "lbfgs" in cap.err, cap.err
