@@ -28,7 +28,11 @@ PAPER = ("Rackauckas, Ma, Martensen, Warner, Zubov, Supekar, Skinner, Ramadhan, 
 CLAIM = "the UDE's network recovers the missing interaction and extrapolates past the data"
 
 T_TRAIN, T_EXTRA = 3.0, 6.0
-WIDTH, DEPTH, LR = 32, 2, 1e-2
+#: The UDE's network: the paper's size (2 -> 5 -> 5 -> 5 -> 2; tanh here, RBF there).
+UDE_WIDTH, UDE_DEPTH = 5, 3
+#: The physics-free baseline's network (wider: a flexible right-hand side).
+WIDTH, DEPTH = 32, 2
+LR = 1e-2
 SOLVE = dict(solver="tsit5", rtol=1e-6, atol=1e-6, max_steps=4096)
 #: Basis of the sparse regression on the learned term (SINDy-style).
 BASIS = ("1", "x", "y", "x^2", "xy", "y^2")
@@ -63,31 +67,17 @@ def _trajectory(model, ts, y0):
     return model.solve(ts, y0, throw=False).ys
 
 
-def _lbfgs(model, batch, iters: int):
-    """Polish a trained model with L-BFGS on the full-batch loss (the paper's ADAM ->
-    BFGS); returns `(model, loss history)`."""
-    import optax
+@eqx.filter_jit
+def _full_loss(model, batch):
+    return _loss(model, batch, None)[0]
 
-    params, static = eqx.partition(model, eqx.is_inexact_array)
 
-    def value(p):
-        return _loss(eqx.combine(p, static), batch, None)[0]
-
-    opt = optax.lbfgs()
-    value_and_grad = optax.value_and_grad_from_state(value)
-
-    @eqx.filter_jit
-    def step(p, state):
-        v, g = value_and_grad(p, state=state)
-        updates, state = opt.update(g, state, p, value=v, grad=g, value_fn=value)
-        return optax.apply_updates(p, updates), state, v
-
-    state = opt.init(params)
-    history = []
-    for _ in range(iters):
-        params, state, v = step(params, state)
-        history.append(float(v))
-    return eqx.combine(params, static), np.asarray(history)
+def _lbfgs(model, batch, iters: int, key):
+    """Fine-tune a trained model with the library's `lbfgs` optimiser (L-BFGS with a
+    zoom line search) on the full-batch loss, as the paper's ADAM -> BFGS; returns the
+    `FitResult` (its `series("loss")` is the loss before each step)."""
+    return fit(model, _loss, lambda s: batch, steps=iters, learning_rate=1.0,
+               optimizer="lbfgs", key=key)
 
 
 def _recovered_trajectory(coefs, alpha, delta, y0, ts):
@@ -110,18 +100,20 @@ def run(workdir: Path, quick: bool) -> Path:
     from .._fields import MLPField
     from .._neural_ode import NeuralODE
     from ..data import lotka_volterra
-    from ..models import LotkaVolterraUDE, UDE
+    from ..models import UDE, LotkaVolterraUDE, count_params
 
     workdir = Path(workdir)
     steps = 500 if quick else 2000
-    bfgs_iters = 100 if quick else 500
+    bfgs_iters = 100 if quick else 1000
     lv = lotka_volterra(t1=T_TRAIN, seed=0)
     ts_long, states_long = lv.extrapolate(T_EXTRA)
     n_train = len(lv.ts)
+    # the MSE of the noise itself: the true model's training loss (u0 is known)
+    noise_mse = float(np.mean((lv.observations - lv.states) ** 2))
     batch = (jnp.asarray(lv.ts), jnp.asarray(lv.y0), jnp.asarray(lv.observations))
     key = jax.random.PRNGKey(0)
-    ude = LotkaVolterraUDE(WIDTH, DEPTH, alpha=float(lv.params[0]), delta=float(lv.params[3]),
-                           key=key, **SOLVE)
+    ude = LotkaVolterraUDE(UDE_WIDTH, UDE_DEPTH, alpha=float(lv.params[0]),
+                           delta=float(lv.params[3]), key=key, **SOLVE)
     # the physics-free baseline: the same network as the whole right-hand side
     node = UDE(lambda t, y, args: jnp.zeros_like(y), MLPField(2, WIDTH, DEPTH, key=key), **SOLVE)
 
@@ -130,7 +122,11 @@ def run(workdir: Path, quick: bool) -> Path:
         with Timer() as t:
             res = fit(model, _loss, lambda s: batch, steps=steps, learning_rate=LR,
                       schedule="cosine", key=key)
-            res.model, res.bfgs_history = _lbfgs(res.model, batch, bfgs_iters)
+            res.adam_loss = float(_full_loss(res.model, batch))
+            polish = _lbfgs(res.model, batch, bfgs_iters, key)
+            res.model = polish.model
+            res.lbfgs_loss = float(_full_loss(res.model, batch))
+            res.linesearch_steps = float(np.mean(polish.series("linesearch_steps")))
         results[name] = res
         timings[f"{name}: {steps} Adam + {bfgs_iters} L-BFGS steps (incl. compile)"] = t.s
 
@@ -212,12 +208,14 @@ def run(workdir: Path, quick: bool) -> Path:
               f"state RMS {scale:.2f}",
               check(err["recovered"]["extrapolation"] / scale, "<", 0.1, "RMSE / RMS")),
     ]
-    rows = [[k, f"{results[k].series('loss')[-1]:.4f}", f"{results[k].bfgs_history[-1]:.4f}",
+    rows = [[k, f"{results[k].adam_loss:.5f}", f"{results[k].lbfgs_loss:.5f}",
              f"{err[k]['fit']:.4f}", f"{err[k]['extrapolation']:.4f}",
              f"{(results[k].train_s - results[k].first_step_s) / max(steps - 1, 1) * 1e3:.1f}"]
             for k in results]
     rows.append(["recovered (α x, -δ y known + STLSQ terms)", "", "", f"{err['recovered']['fit']:.4f}",
                  f"{err['recovered']['extrapolation']:.4f}", ""])
+    rows.append(["true model (the noise alone)", f"{noise_mse:.5f}", f"{noise_mse:.5f}",
+                 "0", "0", ""])
     table = md_table(["Model", "Training MSE after Adam", "after L-BFGS",
                       "RMSE on [0, 3] (clean)", f"RMSE on ({T_TRAIN:g}, {T_EXTRA:g}] (clean)",
                       "ms / Adam step"], rows)
@@ -228,23 +226,36 @@ def run(workdir: Path, quick: bool) -> Path:
         "data": f"Lotka–Volterra α, β, γ, δ = {', '.join(f'{p:g}' for p in lv.params)}, "
                 f"u0 = ({lv.y0[0]:.3f}, {lv.y0[1]:.3f}), {n_train} observations on [0, {T_TRAIN:g}], "
                 "Gaussian noise 5% of each coordinate's mean (the paper's)",
-        "UDE": f"dx = αx + NN_1(x, y), dy = -δy + NN_2(x, y); NN: MLP {DEPTH}x{WIDTH} tanh; "
+        "UDE": f"dx = αx + NN_1(x, y), dy = -δy + NN_2(x, y); NN: MLP 2 -> "
+               f"{' -> '.join([str(UDE_WIDTH)] * UDE_DEPTH)} -> 2 tanh (the paper's size); "
                "α, δ known and fixed",
-        "neural ODE": "dx, dy = NN(x, y) (same MLP, no physics)",
+        "neural ODE": f"dx, dy = NN(x, y), MLP 2 -> {' -> '.join([str(WIDTH)] * DEPTH)} -> 2 "
+                      "tanh (wider: no physics to lean on)",
         "solver": f"tsit5, rtol = atol = {SOLVE['rtol']:g}, backprop through the solver",
         "training": f"MSE to the noisy observations, Adam lr {LR:g} with cosine decay for "
-                    f"{steps} full-batch steps, then {bfgs_iters} L-BFGS steps "
-                    "(optax.lbfgs, zoom line search), u0 known; the same for both models",
+                    f"{steps} full-batch steps, then {bfgs_iters} steps of nodekit's `lbfgs` "
+                    "optimiser (optax.lbfgs, memory 10, zoom line search; "
+                    f"{results['UDE'].linesearch_steps:.1f} line-search evaluations per "
+                    "step for the UDE), u0 known; the same for both models",
         "recovered model": "dx = αx + Θ(x, y)·c_1, dy = -δy + Θ(x, y)·c_2 with the STLSQ "
                            "coefficients, solved from u0 (SciPy DOP853)",
         "sparse regression": "STLSQ (threshold 0.1) of the learned term, sampled on the true "
                              "trajectory in the window, on the basis " + ", ".join(BASIS),
     }
+    ude_res = results["UDE"]
     notes = [
-        "The paper trains with ADAM followed by BFGS and uses an RBF network; here Adam "
-        "(cosine decay) followed by L-BFGS, and a tanh MLP. Adam alone stalls on a plateau "
-        "(training MSE ~2.7e-3, above the noise floor) with the learned term ~50% off; the "
-        "L-BFGS polish is what brings it close.",
+        "The paper trains with ADAM followed by BFGS and uses an RBF network 2 -> 5 -> 5 -> "
+        "5 -> 2; here Adam (cosine decay) followed by L-BFGS (`optimizer: {name: lbfgs}`), "
+        "and a tanh MLP of the same size. Adam ends at training MSE "
+        f"{ude_res.adam_loss:.5f}, L-BFGS at {ude_res.lbfgs_loss:.5f}; the noise alone has "
+        f"MSE {noise_mse:.5f}, so a fit below that is fitting the noise, and the learned "
+        "term then carries it.",
+        "The network size matters more than the optimiser here: this experiment's earlier "
+        "setting, a 2x32 MLP (1218 parameters) with Adam and 500 L-BFGS steps, gave a "
+        "learned term 14% off and a sparse regression with γ ≈ 1.14 (true 0.8) and a "
+        "spurious coefficient of 0.28; the paper-sized network "
+        f"({count_params(ude.ode.field.neural)} parameters) fits close to the noise floor "
+        "and its regression keeps only the xy terms.",
         "The network itself is only trained where the data are: outside the sampled region "
         "it does not extrapolate (see the UDE row), which is why the paper extrapolates "
         "with the symbolically recovered equations; the claims do the same.",
@@ -259,8 +270,9 @@ def run(workdir: Path, quick: bool) -> Path:
     metrics = {"rmse": err, "state_rms_extrapolation": scale, "learned_term_rel_error": term_err,
                "stlsq_coefficients": {"basis": list(BASIS), "NN_1": coefs[:, 0], "NN_2": coefs[:, 1]},
                "beta_hat": beta_hat, "gamma_hat": gamma_hat,
-               "final_loss": {k: {"adam": float(r.series("loss")[-1]),
-                                  "lbfgs": float(r.bfgs_history[-1])} for k, r in results.items()}}
+               "noise_mse": noise_mse,
+               "final_loss": {k: {"adam": r.adam_loss, "lbfgs": r.lbfgs_loss}
+                              for k, r in results.items()}}
     return write_report(
         workdir, name=NAME, title="rackauckas2020-ude: Lotka–Volterra UDE", paper=PAPER,
         quick=quick, claims=claims, settings=settings, notes=notes, figures=figs,
