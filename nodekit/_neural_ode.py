@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from ._errors import InputError, unknown_name_message
-from ._odeint import ADJOINTS, SOLVERS, SolveStats, odeint
+from ._odeint import ADJOINTS, SOLVERS, SolveStats, odeint, odeint_step_quadrature
 
 
 #: How a batch of initial states is solved: one solve per sample (`vmap`, each sample
@@ -82,8 +82,8 @@ class NeuralODE(eqx.Module):
         pad = jnp.zeros((*y0.shape[:-1], self.augment_dim), y0.dtype)
         return jnp.concatenate([y0, pad], axis=-1)
 
-    def _odeint(self, func, y0, ts, args, throw, check=True):
-        return odeint(
+    def _odeint(self, func, y0, ts, args, throw, check=True, step_quadrature=False):
+        return (odeint_step_quadrature if step_quadrature else odeint)(
             func,
             y0,
             ts,

@@ -3,6 +3,7 @@ chosen by name, solver statistics, and errors that say what to do."""
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable, ClassVar, NamedTuple
 
 import diffrax
@@ -12,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._errors import InputError, SolverError, solver_failure_message, unknown_name_message
+from ._quadrature import StepQuadrature, state_norm, with_root_tolerances
 
 
 _rk4_tableau = diffrax.ButcherTableau(
@@ -354,6 +356,18 @@ def odeint(
     # ys[-1] ~ exp(-1)
     ```
     """
+    return _odeint(func, y0, ts, solver=solver, rtol=rtol, atol=atol, dt0=dt0,
+                   adjoint=adjoint, max_steps=max_steps, args=args,
+                   return_stats=return_stats, throw=throw, check=check,
+                   checkpoints=checkpoints, step_quadrature=False)
+
+
+def _odeint(func, y0, ts, *, solver, rtol, atol, dt0, adjoint, max_steps, args,
+            return_stats, throw, check, checkpoints, step_quadrature: bool):
+    """`odeint`'s body. With `step_quadrature`, `y0` is `(y, r)` and `func` an augmented
+    field (`(t, (y, r), args) -> (f, g)`, `(f, None)` for `(y, None)`): `y` is solved by
+    `solver` and `r` integrated by the trapezoid rule on its step grid (see
+    `nodekit._quadrature`)."""
     if solver not in SOLVERS:
         raise InputError(unknown_name_message("solver", solver, list(SOLVERS)))
     if adjoint not in ADJOINTS:
@@ -395,16 +409,22 @@ def odeint(
     else:
         controller = diffrax.ConstantStepSize()
         dt0 = jnp.where(t1 >= t0, jnp.abs(dt0), -jnp.abs(dt0))
+    forward_solver, forward_controller = solver_obj, controller
+    if step_quadrature:
+        solver_obj = with_root_tolerances(solver_obj, rtol, atol)
+        forward_solver = StepQuadrature(solver_obj)
+        if dt0 is None:
+            forward_controller = diffrax.PIDController(rtol=rtol, atol=atol, norm=state_norm)
     sol = diffrax.diffeqsolve(
         term,
-        solver_obj,
+        forward_solver,
         t0,
         t1,
         dt0,
         y0,
         args=args,
         saveat=diffrax.SaveAt(ts=ts),
-        stepsize_controller=controller,
+        stepsize_controller=forward_controller,
         adjoint=make_adjoint(adjoint, solver_obj, controller, checkpoints),
         max_steps=max_steps,
         throw=False,
@@ -418,3 +438,12 @@ def odeint(
     if return_stats:
         return ys, stats
     return ys
+
+
+def odeint_step_quadrature(func, y0, ts, **kwargs):
+    """`odeint` for an augmented state `(y, r)` whose running integrals `r` are
+    accumulated by the trapezoid rule, once per solver step (see `nodekit._quadrature`);
+    `kwargs` as `odeint`'s, with the same defaults."""
+    bound = inspect.signature(odeint).bind(func, y0, ts, **kwargs)
+    bound.apply_defaults()
+    return _odeint(**bound.arguments, step_quadrature=True)

@@ -103,7 +103,7 @@ def solve_batch_regularised(field, y0s, ts, regularisers, key, config: Config):
 
         ys, penalties, stats = regularised_odeint_batch(
             field, y0s, ts, regularisers, key=key, mode=mode, throw=False,
-            **solve_kwargs(config),
+            quadrature=config.regularisation.quadrature, **solve_kwargs(config),
         )
     else:
         node = NeuralODE(field, **solve_kwargs(config))
@@ -284,7 +284,8 @@ class DensityTask(AbstractTask):
         noise_key, steer_key = jax.random.split(key)
         t1 = None if steer is None else steer_end_time(steer_key, model.t1, steer.width)
         value, aux = nll(model, batch["x"], noise_key, mode=self.config.solver.batch_mode,
-                         regularisers=self.regularisers, throw=False, t1=t1)
+                         regularisers=self.regularisers, throw=False, t1=t1,
+                         quadrature=self.config.regularisation.quadrature)
         out = {"nfe_forward": aux["nfe"], "solver_steps": aux["solver_steps"],
                "failures": aux["failures"]}
         return add_penalties(value, aux["penalties"], self.regularisers, out), out

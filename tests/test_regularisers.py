@@ -98,7 +98,7 @@ def test_linear_ode_closed_forms(x64, time_dependent):
     @jax.jit  # one compile for both directions (ts and y0 are traced)
     def solve(y0, ts):
         return regularised_odeint(field, y0, ts, LINEAR_REGS, solver="dopri5",
-                                  rtol=1e-11, atol=1e-12)
+                                  rtol=1e-11, atol=1e-12, quadrature="augmented")
 
     ts = jnp.array([0.0, 0.7, T1])
     ys, pen, stats = solve(jnp.asarray(Y0), ts)
@@ -113,6 +113,41 @@ def test_linear_ode_closed_forms(x64, time_dependent):
     # penalties are the same positive numbers.
     _, pen_back, _ = solve(ys[-1], ts[::-1])
     np.testing.assert_allclose(np.asarray(pen_back), expected, rtol=1e-6)
+
+
+def test_trapezoid_quadrature_second_order_same_steps(x64):
+    """The default quadrature (trapezoid on the step grid): the error in every penalty
+    falls 4x when the step halves; the exact Frobenius penalty (constant integrand) is
+    exact; an adaptive solve takes exactly the unregularised solve's steps; backward
+    solves give the same positive penalties."""
+    b = B
+    field = Linear(jnp.asarray(A), jnp.asarray(b))
+    ref = reference_penalties(b)
+    expected = np.array([ref["kinetic"], ref["frobenius"], ref["R2"], ref["R3"]])
+    regs = (KineticEnergy(1.0), JacobianFrobenius(1.0), TaylorRK(1.0, 2), TaylorRK(1.0, 3))
+    ts = jnp.array([0.0, T1])
+
+    @jax.jit
+    def fixed(y0, ts, dt0):
+        return regularised_odeint(field, y0, ts, regs, solver="rk4", dt0=dt0)[1]
+
+    errors = []
+    for n in (30, 60):
+        pen = np.asarray(fixed(jnp.asarray(Y0), ts, T1 / n))
+        errors.append(np.abs(pen - expected) / expected)
+    assert errors[0][1] < 1e-12 and errors[1][1] < 1e-12  # constant integrand: exact
+    for k in (0, 2, 3):
+        assert errors[1][k] < 1e-3
+        assert 3.5 < errors[0][k] / errors[1][k] < 4.5, (k, errors)
+
+    kw = dict(solver="tsit5", rtol=1e-8, atol=1e-10)
+    _, pen, stats = regularised_odeint(field, jnp.asarray(Y0), ts, regs, **kw)
+    _, plain = nodekit.odeint(field, jnp.asarray(Y0), ts, return_stats=True, **kw)
+    assert int(stats.num_steps) == int(plain.num_steps) and int(stats.nfe) == int(plain.nfe)
+    np.testing.assert_allclose(np.asarray(pen), expected, rtol=2e-3)
+    y1 = nodekit.odeint(field, jnp.asarray(Y0), ts, **kw)[-1]
+    _, pen_back, _ = regularised_odeint(field, y1, ts[::-1], regs, **kw)
+    np.testing.assert_allclose(np.asarray(pen_back), expected, rtol=2e-3)
 
 
 # ------------------------------------------------------------------ Hutchinson
@@ -258,7 +293,7 @@ def test_field_evaluated_once_for_all_regularisers():
 # ------------------------------------------------------------------ gradients
 
 
-def _grad_problem():
+def _grad_problem(**solve_kwargs):
     field = nodekit.MLPField(2, 4, 1, time_dependent=True, key=jax.random.PRNGKey(11))
     field = jax.tree_util.tree_map(lambda x: x.astype(jnp.float64) if eqx.is_inexact_array(x) else x, field)
     params, static = eqx.partition(field, eqx.is_inexact_array)
@@ -268,22 +303,26 @@ def _grad_problem():
 
     def loss(flat, adjoint):
         f = eqx.combine(unravel(flat), static)
-        ys, pen, _ = regularised_odeint(f, y0, ts, regs, key=key, solver="dopri5",
-                                        rtol=1e-11, atol=1e-12, adjoint=adjoint)
+        ys, pen, _ = regularised_odeint(f, y0, ts, regs, key=key, adjoint=adjoint,
+                                        **solve_kwargs)
         return jnp.sum(ys**2) + total_penalty(regs, pen)
 
     return flat, loss
 
 
+def _directional_fd(value, flat, dirs, h=1e-5):
+    return jnp.stack([(value(flat + h * d) - value(flat - h * d)) / (2 * h) for d in dirs])
+
+
 def test_gradients_match_finite_differences_both_adjoints(x64):
     """d(loss)/d(params) of MSE-like loss + penalties, for `recursive` and `backsolve`,
-    against central differences along random directions; the adjoints agree."""
-    flat, loss = _grad_problem()
+    against central differences along random directions; the adjoints agree. (The
+    penalties integrated in the ODE state, so that the tight tolerance makes the
+    discrete solve the continuous one.)"""
+    flat, loss = _grad_problem(solver="dopri5", rtol=1e-11, atol=1e-12, quadrature="augmented")
     dirs = jax.random.normal(jax.random.PRNGKey(0), (3, flat.size))
-    h = 1e-5
     value = jax.jit(loss, static_argnums=1)  # forward values do not depend on the adjoint
-    fd = jnp.stack([(value(flat + h * d, "recursive") - value(flat - h * d, "recursive")) / (2 * h)
-                    for d in dirs])
+    fd = _directional_fd(lambda x: value(x, "recursive"), flat, dirs)
     grads = {adj: jax.jit(jax.grad(loss), static_argnums=1)(flat, adj)
              for adj in ("recursive", "backsolve")}
     for adj, g in grads.items():
@@ -294,9 +333,12 @@ def test_gradients_match_finite_differences_both_adjoints(x64):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("quadrature", ["augmented", "trapezoid"])
 @pytest.mark.parametrize("adjoint", ["recursive", "backsolve"])
-def test_gradients_all_regularisers_slow(x64, adjoint):
-    """Every regulariser (exact and jacrev Jacobians, jet R_3) under both adjoints."""
+def test_gradients_all_regularisers_slow(x64, adjoint, quadrature):
+    """Every regulariser (exact and jacrev Jacobians, jet R_3) under both adjoints and
+    both quadratures (trapezoid: fixed steps, small enough that the continuous adjoint
+    of `backsolve` matches the discrete penalty to 1e-5)."""
     field = nodekit.MLPField(2, 4, 1, activation="softplus", time_dependent=True,
                              key=jax.random.PRNGKey(11))
     field = jax.tree_util.tree_map(lambda x: x.astype(jnp.float64) if eqx.is_inexact_array(x) else x, field)
@@ -308,16 +350,22 @@ def test_gradients_all_regularisers_slow(x64, adjoint):
     def loss(flat):
         f = eqx.combine(unravel(flat), static)
         ys, pen, _ = regularised_odeint(f, jnp.array([0.5, -0.3]), jnp.array([0.0, 1.0]), regs,
-                                        key=jax.random.PRNGKey(2), solver="dopri5",
-                                        rtol=1e-11, atol=1e-12, adjoint=adjoint)
+                                        key=jax.random.PRNGKey(2), adjoint=adjoint,
+                                        quadrature=quadrature, **solve_kwargs)
         return jnp.sum(ys**2) + total_penalty(regs, pen)
+
+    if quadrature == "augmented":
+        solve_kwargs, tol = dict(solver="dopri5", rtol=1e-11, atol=1e-12), 1e-6
+    else:
+        solve_kwargs = dict(solver="rk4", dt0=1 / 400)
+        tol = 1e-7 if adjoint == "recursive" else 1e-5
 
     dirs = jax.random.normal(jax.random.PRNGKey(0), (2, flat.size))
     h = 1e-5
     values = jax.jit(jax.vmap(loss))(jnp.concatenate([flat + h * dirs, flat - h * dirs]))
     fd = (values[:2] - values[2:]) / (2 * h)
     g = jax.jit(jax.grad(loss))(flat)
-    np.testing.assert_allclose(np.asarray(dirs @ g), np.asarray(fd), rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(np.asarray(dirs @ g), np.asarray(fd), rtol=tol, atol=1e-9)
 
 
 # ------------------------------------------------------------------ batches
@@ -331,12 +379,19 @@ def test_joint_equals_vmap_under_jit(x64):
     ts, key = jnp.linspace(0.0, 1.0, 4), jax.random.PRNGKey(6)
 
     @eqx.filter_jit
-    def solve(field, y0s, key, mode):
+    def solve(field, y0s, key, mode, quadrature="augmented"):
         return regularised_odeint_batch(field, y0s, ts, regs, key=key, mode=mode,
-                                        solver="tsit5", rtol=1e-10, atol=1e-12)
+                                        solver="tsit5", rtol=1e-10, atol=1e-12,
+                                        quadrature=quadrature)
 
+    # Integrated in the state, the penalties are solver-accurate in both modes; by the
+    # trapezoid rule they sit on each mode's own step grid (shared steps in `joint`).
+    _, pen_tv, _ = solve(field, y0s, key, "vmap", "trapezoid")
+    _, pen_tj, _ = solve(field, y0s, key, "joint", "trapezoid")
     ys_v, pen_v, st_v = solve(field, y0s, key, "vmap")
     ys_j, pen_j, st_j = solve(field, y0s, key, "joint")
+    np.testing.assert_allclose(np.asarray(pen_tv), np.asarray(pen_v), rtol=1e-3)
+    np.testing.assert_allclose(np.asarray(pen_tj), np.asarray(pen_v), rtol=1e-3)
     assert ys_v.shape == ys_j.shape == (6, 4, 2) and pen_v.shape == (3,)
     assert st_v.nfe.shape == (6,) and st_j.nfe.shape == ()
     np.testing.assert_allclose(np.asarray(ys_v), np.asarray(ys_j), rtol=1e-7, atol=1e-9)
@@ -412,6 +467,16 @@ def test_registry_and_properties():
     hash(regs)
 
 
+def test_trapezoid_gradients_match_finite_differences(x64):
+    """The default quadrature differentiated through fixed steps (`recursive`) is the
+    exact gradient of the discrete penalty, so it matches central differences tightly."""
+    flat, loss = _grad_problem(solver="rk4", dt0=0.05)
+    dirs = jax.random.normal(jax.random.PRNGKey(1), (3, flat.size))
+    fd = _directional_fd(jax.jit(lambda x: loss(x, "recursive")), flat, dirs)
+    g = jax.jit(jax.grad(loss), static_argnums=1)(flat, "recursive")
+    np.testing.assert_allclose(np.asarray(dirs @ g), np.asarray(fd), rtol=1e-7, atol=1e-10)
+
+
 def test_custom_regulariser_in_solve():
     class Speed(AbstractRegulariser):
         weight: float = eqx.field(static=True)
@@ -424,9 +489,12 @@ def test_custom_regulariser_in_solve():
             return jnp.sum(jnp.abs(func(t, y, args)))
 
     decay = lambda t, y, args: -y  # noqa: E731
-    _, pen, _ = regularised_odeint(decay, jnp.array([1.0]), jnp.array([0.0, 1.0]),
-                                   (Speed(1.0), KineticEnergy(1.0)))
-    np.testing.assert_allclose(np.asarray(pen), [1 - math.exp(-1), (1 - math.exp(-2)) / 2], rtol=1e-5)
+    exact = [1 - math.exp(-1), (1 - math.exp(-2)) / 2]
+    # trapezoid: second order on tsit5's few large steps at the default tolerance
+    for quadrature, rtol in (("augmented", 1e-5), ("trapezoid", 2e-2)):
+        _, pen, _ = regularised_odeint(decay, jnp.array([1.0]), jnp.array([0.0, 1.0]),
+                                       (Speed(1.0), KineticEnergy(1.0)), quadrature=quadrature)
+        np.testing.assert_allclose(np.asarray(pen), exact, rtol=rtol, err_msg=quadrature)
 
 
 @pytest.mark.parametrize(

@@ -110,3 +110,32 @@ def test_task_level_config_errors_name_the_key(raw, key, tmp_path):
     with pytest.raises(ConfigError) as e:
         make_task(nodekit.validate_config(raw))
     assert e.value.path == key, str(e.value)
+
+
+@pytest.mark.parametrize("base", ["trajectory", "density"])
+def test_config_quadrature_reaches_the_solve(base):
+    """`regularisation.quadrature` is passed to the task's solve: `trapezoid` (the
+    default) leaves the solver's steps those of the unregularised loss, `augmented` puts
+    the integrals under error control; both give nearly the same penalty."""
+    import equinox as eqx
+    import jax
+
+    from nodekit._tasks import make_task
+
+    base_cfg = TRAJ if base == "trajectory" else DENSITY
+    reg = {"kinetic": WEIGHTS["kinetic"], "jacobian": {"weight": 0.05, "estimator": "exact"}}
+    out = {}
+    for name, r in [("none", {}), ("trapezoid", reg),
+                    ("augmented", dict(reg, quadrature="augmented"))]:
+        cfg = nodekit.validate_config(dict(base_cfg, regularisation=r))
+        assert cfg.regularisation.quadrature == ("augmented" if name == "augmented" else "trapezoid")
+        task = make_task(cfg)
+        model = task.make_model(jax.random.PRNGKey(0))
+        loss = eqx.filter_jit(task.loss)
+        _, aux = loss(model, task.batch(0), jax.random.PRNGKey(1))
+        out[name] = {k: float(v) for k, v in aux.items() if np.ndim(v) == 0}
+    assert out["trapezoid"]["nfe_forward"] == out["none"]["nfe_forward"]
+    assert out["trapezoid"]["loss_task"] == pytest.approx(out["none"]["loss_task"], rel=1e-6)
+    for k in ("reg_kinetic", "reg_jacobian"):
+        assert out["trapezoid"][k] == pytest.approx(out["augmented"][k], rel=0.05), k
+        assert out["trapezoid"][k] != out["augmented"][k], k  # two different quadratures ran

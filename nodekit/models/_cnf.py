@@ -29,6 +29,7 @@ from .._errors import InputError
 from .._fields import MLPField
 from .._neural_ode import BATCH_MODES, NeuralODE
 from .._odeint import SolveStats
+from .._regularisers import QUADRATURES
 from ._common import check_choice, check_int, check_positive, solve, stats_aux
 
 #: Trace methods of `CNF`.
@@ -118,6 +119,32 @@ class _JointDynamics(eqx.Module):
             return CNFDynamics(d.field, eps, d.regularisers, d.trace)(t, s, args)
 
         return jax.vmap(one, in_axes=(0, eps_axis))(state, self.dynamics.eps)
+
+
+class _StepQuadratureDynamics(eqx.Module):
+    """CNF dynamics on the state `((y, a), r)` for `quadrature="trapezoid"`: `full` is the
+    dynamics with the regularisers on `(y, a, r)` (a `CNFDynamics` or `_JointDynamics`).
+    Called with `r=None` it is the flow and its trace alone, which is what the solver's
+    stages evaluate; the integrands are evaluated once per step (see
+    `nodekit._quadrature`). The log-density `a` stays under the solver's error control."""
+
+    full: Any
+
+    def __call__(self, t, state, args):
+        ya, r = state
+        if r is None:
+            return _without_regularisers(self.full)(t, ya, args), None
+        out = self.full(t, (*ya, r), args)
+        return out[:2], out[2]
+
+
+def _without_regularisers(dyn):
+    # built per call rather than stored: a second copy of the dynamics in the module
+    # would hold an empty `regularisers` tuple, which BacksolveAdjoint's backward solve
+    # cannot carry through its state
+    if isinstance(dyn, _JointDynamics):
+        return _JointDynamics(_without_regularisers(dyn.dynamics))
+    return CNFDynamics(dyn.field, dyn.eps, (), dyn.trace)
 
 
 class _BatchedField(eqx.Module):
@@ -271,7 +298,7 @@ class CNF(eqx.Module):
 
     def log_prob_and_penalties(
         self, x, key: jax.Array | None = None, regularisers: tuple = (), *, args=None,
-        throw: bool = True, t1=None,
+        throw: bool = True, t1=None, quadrature: str = "trapezoid",
     ) -> tuple[jax.Array, jax.Array, SolveStats]:
         """`log p(x)`, the regularisers' integrals and the solve's stats, for one sample.
 
@@ -285,7 +312,11 @@ class CNF(eqx.Module):
           `integrand(func, t, y, args, eps) -> scalar` (nodekit's regulariser modules;
           `func` is the flow `field`, `y` the flow's state, `eps` the same noise vector as
           the trace estimator, as in RNODE), or plain callables `g(t, y) -> scalar`.
-          Their integrals over `[0, t1]` are solved in the same solve as the density.
+          Their integrals over `[0, t1]` are taken in the same solve as the density.
+        - `quadrature`: how those integrals are taken, as in `nodekit.regularised_odeint`:
+          `"trapezoid"` (default; the integrands once per solver step, the steps those of
+          the unregularised flow) or `"augmented"` (in the ODE state, under error
+          control, evaluated at every stage). The log-density is always in the state.
         - `args`: passed to the field.
         - `throw`: raise on a failed solve (`False`: see `stats.result`).
         - `t1`: end time of this solve instead of `self.t1` (may be traced: STEER draws
@@ -297,15 +328,29 @@ class CNF(eqx.Module):
         x = self._check_x("log_prob", x, 1)
         eps = self._noise_or_none("log_prob", key, x.shape, x.dtype)
         regularisers = tuple(regularisers)
-        state = (x, jnp.zeros((), x.dtype))
-        if regularisers:
-            state = state + (jnp.zeros(len(regularisers), x.dtype),)
-        ts = self._times(t1, x.dtype)
-        ys, stats = solve(self.ode, self.dynamics(eps, regularisers), state, ts, args=args,
-                          throw=throw)
-        logp = standard_normal_log_prob(ys[0][-1]) + ys[1][-1]
-        penalties = ys[2][-1] if regularisers else jnp.zeros((0,), x.dtype)
-        return logp, penalties, stats
+        z, a, penalties, stats = self._solve_flow(
+            lambda dyn: dyn, eps, regularisers, (x, jnp.zeros((), x.dtype)),
+            jnp.zeros(len(regularisers), x.dtype), self._times(t1, x.dtype), args, throw,
+            quadrature)
+        return standard_normal_log_prob(z) + a, penalties, stats
+
+    def _solve_flow(self, wrap, eps, regularisers, state, r0, ts, args, throw, quadrature):
+        """Solve the flow from `state = (y, a)` with the regularisers' integrals starting
+        at `r0`; `wrap` turns a `CNFDynamics` into the field on that state (identity for
+        one sample, `_JointDynamics` for a batch). Returns `(y(t1), a(t1), r(t1), stats)`."""
+        check_choice("quadrature", quadrature, QUADRATURES)
+        if not regularisers:
+            ys, stats = solve(self.ode, wrap(self.dynamics(eps, ())), state, ts, args=args,
+                              throw=throw)
+            return ys[0][-1], ys[1][-1], r0, stats
+        full = wrap(self.dynamics(eps, regularisers))
+        if quadrature == "augmented":
+            ys, stats = solve(self.ode, full, (*state, r0), ts, args=args, throw=throw)
+            return ys[0][-1], ys[1][-1], ys[2][-1], stats
+        func = _StepQuadratureDynamics(full)
+        ((y, a), r), stats = solve(self.ode, func, (state, r0), ts, args=args, throw=throw,
+                                   step_quadrature=True)
+        return y[-1], a[-1], r[-1], stats
 
     def log_prob(self, x, key: jax.Array | None = None, *, args=None, throw: bool = True
                  ) -> tuple[jax.Array, SolveStats]:
@@ -326,12 +371,14 @@ class CNF(eqx.Module):
     def log_prob_batch(
         self, xs, key: jax.Array | None = None, regularisers: tuple = (), *,
         mode: str = "vmap", args=None, throw: bool = True, t1=None,
+        quadrature: str = "trapezoid",
     ) -> tuple[jax.Array, jax.Array, SolveStats]:
         """Log-densities `(B,)`, penalties `(B, n_reg)` and stats for a batch `(B, d)`.
 
         `mode="vmap"`: one solve per sample (stats of shape `(B,)`); `mode="joint"`: the
         batch as one state with one shared step size, as FFJORD does (scalar stats).
-        Each sample gets its own noise vector either way.
+        Each sample gets its own noise vector either way. `regularisers` and
+        `quadrature` as in `log_prob_and_penalties`.
         """
         check_choice("batch mode", mode, BATCH_MODES)
         xs = self._check_x("log_prob_batch", xs, 2)
@@ -341,19 +388,16 @@ class CNF(eqx.Module):
             keys = None if key is None else jax.random.split(key, n)
             return jax.vmap(
                 lambda x, k: self.log_prob_and_penalties(x, k, regularisers, args=args,
-                                                         throw=throw, t1=t1),
+                                                         throw=throw, t1=t1,
+                                                         quadrature=quadrature),
                 in_axes=(0, None if keys is None else 0),
             )(xs, keys)
         eps = self._noise_or_none("log_prob_batch", key, xs.shape, xs.dtype)
-        state = (xs, jnp.zeros((n,), xs.dtype))
-        if regularisers:
-            state = state + (jnp.zeros((n, len(regularisers)), xs.dtype),)
-        ts = self._times(t1, xs.dtype)
-        func = _JointDynamics(self.dynamics(eps, regularisers))
-        ys, stats = solve(self.ode, func, state, ts, args=args, throw=throw)
-        logp = jax.vmap(standard_normal_log_prob)(ys[0][-1]) + ys[1][-1]
-        penalties = ys[2][-1] if regularisers else jnp.zeros((n, 0), xs.dtype)
-        return logp, penalties, stats
+        z, a, penalties, stats = self._solve_flow(
+            _JointDynamics, eps, regularisers, (xs, jnp.zeros((n,), xs.dtype)),
+            jnp.zeros((n, len(regularisers)), xs.dtype), self._times(t1, xs.dtype), args,
+            throw, quadrature)
+        return jax.vmap(standard_normal_log_prob)(z) + a, penalties, stats
 
     def sample(self, key: jax.Array, n: int, *, args=None, throw: bool = True
                ) -> tuple[jax.Array, SolveStats]:
@@ -375,6 +419,7 @@ def nll(
     regularisers: tuple = (),
     throw: bool = False,
     t1=None,
+    quadrature: str = "trapezoid",
 ) -> tuple[jax.Array, dict]:
     """The mean negative log-likelihood of a CNF on a batch `xs (B, d)`.
 
@@ -390,6 +435,8 @@ def nll(
     - `throw`: raise on a failed solve; default `False` counts failures in `aux`.
     - `t1`: end time of the flow for this batch (default `model.t1`; STEER passes a
       random one).
+    - `quadrature`: how the penalties are integrated, `"trapezoid"` (default) or
+      `"augmented"` (see `CNF.log_prob_and_penalties`).
 
     **Returns:**
 
@@ -406,7 +453,7 @@ def nll(
     ```
     """
     logp, penalties, stats = model.log_prob_batch(xs, key, regularisers, mode=mode,
-                                                  throw=throw, t1=t1)
+                                                  throw=throw, t1=t1, quadrature=quadrature)
     loss = -jnp.mean(logp)
     aux = stats_aux(stats, jnp.shape(xs)[0])
     aux.update(

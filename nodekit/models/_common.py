@@ -49,14 +49,19 @@ def is_concrete(x) -> bool:
     return not isinstance(x, jax.core.Tracer)
 
 
-def solve(node: NeuralODE, func, y0, ts, *, args=None, throw: bool = True):
+def solve(node: NeuralODE, func, y0, ts, *, args=None, throw: bool = True,
+          step_quadrature: bool = False):
     """`nodekit.odeint(func, y0, ts)` with the solver settings (solver, tolerances, dt0,
     adjoint, max_steps) held by `node`. Returns `(ys, stats)`.
+
+    With `step_quadrature`, `y0` is `(y, r)` and `func` an augmented field whose running
+    integrals `r` are taken by the trapezoid rule once per step (see
+    `nodekit._quadrature`).
 
     `func` should be a pytree (an Equinox module) rather than a closure over arrays, so
     that `adjoint="backsolve"` sees its parameters.
     """
-    return node._odeint(func, y0, ts, args, throw)
+    return node._odeint(func, y0, ts, args, throw, step_quadrature=step_quadrature)
 
 
 def solve_from(node: NeuralODE, func, y0, t0, ts, *, args=None, throw: bool = True):
