@@ -8,8 +8,11 @@
    Fixed-step RK4 (10 steps on [0, 1]) so every row makes the same number of field
    evaluations and the ratio isolates the regulariser's own work. Rows: none, kinetic,
    Jacobian Frobenius (Hutchinson, one JVP), Taylor R_2 (jet), exact Jacobian Frobenius
-   (jacfwd; state dim <= 16 only). Targets: kinetic <= 1.2x, Hutchinson <= 1.7x,
-   Taylor K=2 <= 2.5x, exact Frobenius (dim <= 16) <= 3x.
+   (jacfwd; state dim <= 16 only), all with the default trapezoid quadrature (the
+   integrands once per step), and Hutchinson and exact Frobenius again with
+   `quadrature="augmented"` (integrals in the ODE state, evaluated at every stage).
+   Targets: kinetic <= 1.2x, Hutchinson <= 1.7x, Taylor K=2 <= 2.5x, exact Frobenius
+   (dim <= 16) <= 3x.
 2. **Effect** (issue 3): the spiral of `configs/spiral.yaml` trained with and without
    RNODE regularisation (kinetic + Hutchinson Jacobian Frobenius, weight 0.01 each),
    same seed, steps and tolerance (`nodekit.train`); then the whole 1000-point
@@ -42,25 +45,30 @@ TARGETS = {"kinetic": 1.2, "hutchinson": 1.7, "taylor K=2": 2.5, "exact Frobeniu
 def regulariser_rows(dim: int, exact_max_dim: int):
     from nodekit._regularisers import JacobianFrobenius, KineticEnergy, TaylorRK
 
+    trap, aug = "trapezoid", "augmented"
     rows = [
-        ("none", ()),
-        ("kinetic", (KineticEnergy(0.01),)),
-        ("hutchinson", (JacobianFrobenius(0.01, "hutchinson"),)),
-        ("taylor K=2", (TaylorRK(0.01, 2),)),
+        ("none", (), trap),
+        ("kinetic", (KineticEnergy(0.01),), trap),
+        ("hutchinson", (JacobianFrobenius(0.01, "hutchinson"),), trap),
+        ("taylor K=2", (TaylorRK(0.01, 2),), trap),
     ]
     if dim <= exact_max_dim:
-        rows.append(("exact Frobenius", (JacobianFrobenius(0.01, "exact"),)))
+        rows.append(("exact Frobenius", (JacobianFrobenius(0.01, "exact"),), trap))
+    rows.append(("hutchinson (augmented)", (JacobianFrobenius(0.01, "hutchinson"),), aug))
+    if dim <= exact_max_dim:
+        rows.append(("exact Frobenius (augmented)", (JacobianFrobenius(0.01, "exact"),), aug))
     return rows
 
 
-def make_step(regs, ts, solve_kwargs, optim, mode):
+def make_step(regs, ts, solve_kwargs, optim, mode, quadrature="trapezoid"):
     from nodekit._regularisers import regularised_odeint_batch, total_penalty
 
     @eqx.filter_jit
     def step(field, opt_state, y0s, target, key):
         def loss_fn(field):
             ys, penalties, _ = regularised_odeint_batch(
-                field, y0s, ts, regs, key=key, mode=mode, **solve_kwargs)
+                field, y0s, ts, regs, key=key, mode=mode, quadrature=quadrature,
+                **solve_kwargs)
             mse = jnp.mean((ys[:, -1] - target) ** 2)
             return mse + (total_penalty(regs, penalties) if regs else 0.0)
 
@@ -83,8 +91,8 @@ def cost_one(width, dim, batch, steps, repeats, exact_max_dim, mode):
     opt_state = optim.init(eqx.filter(field, eqx.is_inexact_array))
     calls, firsts = {}, {}
     key = jax.random.PRNGKey(3)
-    for name, regs in regulariser_rows(dim, exact_max_dim):
-        step = make_step(regs, ts, solve_kwargs, optim, mode)
+    for name, regs, quadrature in regulariser_rows(dim, exact_max_dim):
+        step = make_step(regs, ts, solve_kwargs, optim, mode, quadrature)
         t0 = time.perf_counter()
         jax.block_until_ready(step(field, opt_state, y0s, target, key))
         firsts[name] = time.perf_counter() - t0
@@ -94,7 +102,7 @@ def cost_one(width, dim, batch, steps, repeats, exact_max_dim, mode):
     rows = []
     for name in calls:
         ratio = med[name] / med["none"]
-        tgt = TARGETS.get(name)
+        tgt = TARGETS.get(name.removesuffix(" (augmented)"))
         verdict = "-" if tgt is None else (f"<= {tgt:g}: met" if ratio <= tgt else f"<= {tgt:g}: MISSED")
         rows.append([width, dim, name, ms(med[name]), f"{ratio:.2f}x", verdict, f"{firsts[name]:.1f}"])
     return rows
@@ -110,7 +118,7 @@ def cost(quick, repeats, mode):
         for dim in dims:
             rows += cost_one(width, dim, batch, steps, repeats, 16, mode)
             print(table(["width", "dim", "regulariser", "step (ms)", "ratio", "target", "first call (s)"],
-                        rows[-5:]), flush=True)
+                        rows[-7:]), flush=True)
     head = (f"Cost of one training step with each regulariser (batch {batch} as one {mode} solve, "
             f"MLP depth 2 tanh, RK4 x {steps} fixed steps so NFE is equal in every row, Adam; "
             f"median of {repeats} interleaved calls per configuration; 'ratio' = step / the "

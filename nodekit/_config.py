@@ -357,7 +357,8 @@ class RegularisationConfig(_Strict):
 
     `quadrature` says how the penalties' integrals are taken along the solve:
     `trapezoid` (default: the integrands once per solver step, the steps those of the
-    unregularised solve) or `augmented` (running integrals in the ODE state, evaluated
+    unregularised solve; kinetic energy alone rides on the stages' field values for
+    free) or `augmented` (running integrals in the ODE state, evaluated
     at every stage and under error control, as RNODE's and TayNODE's code do; several
     times dearer). See `nodekit.regularised_odeint`.
     """

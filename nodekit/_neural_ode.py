@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import equinox as eqx
@@ -82,8 +83,11 @@ class NeuralODE(eqx.Module):
         pad = jnp.zeros((*y0.shape[:-1], self.augment_dim), y0.dtype)
         return jnp.concatenate([y0, pad], axis=-1)
 
-    def _odeint(self, func, y0, ts, args, throw, check=True, step_quadrature=False):
-        return (odeint_step_quadrature if step_quadrature else odeint)(
+    def _odeint(self, func, y0, ts, args, throw, check=True, integrals=None):
+        # `integrals`: see `nodekit._odeint.odeint_step_quadrature`
+        solve = odeint if integrals is None else partial(odeint_step_quadrature,
+                                                         integrals=integrals)
+        return solve(
             func,
             y0,
             ts,

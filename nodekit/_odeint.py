@@ -359,15 +359,17 @@ def odeint(
     return _odeint(func, y0, ts, solver=solver, rtol=rtol, atol=atol, dt0=dt0,
                    adjoint=adjoint, max_steps=max_steps, args=args,
                    return_stats=return_stats, throw=throw, check=check,
-                   checkpoints=checkpoints, step_quadrature=False)
+                   checkpoints=checkpoints, integrals=None)
 
 
 def _odeint(func, y0, ts, *, solver, rtol, atol, dt0, adjoint, max_steps, args,
-            return_stats, throw, check, checkpoints, step_quadrature: bool):
-    """`odeint`'s body. With `step_quadrature`, `y0` is `(y, r)` and `func` an augmented
-    field (`(t, (y, r), args) -> (f, g)`, `(f, None)` for `(y, None)`): `y` is solved by
-    `solver` and `r` integrated by the trapezoid rule on its step grid (see
-    `nodekit._quadrature`)."""
+            return_stats, throw, check, checkpoints, integrals: str | None):
+    """`odeint`'s body. With `integrals`, the state's last item holds running integrals
+    `r` that must not steer the step size (the error norm is `state_norm`): for
+    `"trapezoid"`, `y0` is `(y, r)` and `func` an augmented field (`(t, (y, r), args) ->
+    (f, g)`, `(f, None)` for `(y, None)`), `y` is solved by `solver` and `r` integrated
+    by the trapezoid rule on its step grid (see `nodekit._quadrature`); for `"stages"`,
+    `r` is an ordinary part of the state, integrated at every stage."""
     if solver not in SOLVERS:
         raise InputError(unknown_name_message("solver", solver, list(SOLVERS)))
     if adjoint not in ADJOINTS:
@@ -410,11 +412,11 @@ def _odeint(func, y0, ts, *, solver, rtol, atol, dt0, adjoint, max_steps, args,
         controller = diffrax.ConstantStepSize()
         dt0 = jnp.where(t1 >= t0, jnp.abs(dt0), -jnp.abs(dt0))
     forward_solver, forward_controller = solver_obj, controller
-    if step_quadrature:
+    if integrals == "trapezoid":
         solver_obj = with_root_tolerances(solver_obj, rtol, atol)
         forward_solver = StepQuadrature(solver_obj)
-        if dt0 is None:
-            forward_controller = diffrax.PIDController(rtol=rtol, atol=atol, norm=state_norm)
+    if integrals is not None and dt0 is None:
+        forward_controller = diffrax.PIDController(rtol=rtol, atol=atol, norm=state_norm)
     sol = diffrax.diffeqsolve(
         term,
         forward_solver,
@@ -440,10 +442,13 @@ def _odeint(func, y0, ts, *, solver, rtol, atol, dt0, adjoint, max_steps, args,
     return ys
 
 
-def odeint_step_quadrature(func, y0, ts, **kwargs):
-    """`odeint` for an augmented state `(y, r)` whose running integrals `r` are
-    accumulated by the trapezoid rule, once per solver step (see `nodekit._quadrature`);
+def odeint_step_quadrature(func, y0, ts, *, integrals: str = "trapezoid", **kwargs):
+    """`odeint` for an augmented state whose last item holds running integrals `r`,
+    which never shrink the steps (the error norm sees the rest of the state alone):
+    `integrals="trapezoid"` accumulates them once per solver step by the trapezoid rule
+    (see `nodekit._quadrature`), `"stages"` integrates them with the solver's stages
+    (worth it when the integrands reuse the field value the stages compute anyway).
     `kwargs` as `odeint`'s, with the same defaults."""
     bound = inspect.signature(odeint).bind(func, y0, ts, **kwargs)
     bound.apply_defaults()
-    return _odeint(**bound.arguments, step_quadrature=True)
+    return _odeint(**bound.arguments, integrals=integrals)

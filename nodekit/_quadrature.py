@@ -146,9 +146,10 @@ class StepQuadrature(diffrax.AbstractSolver):
 
 
 def state_norm(x) -> jax.Array:
-    """The step-size controller's norm for `(y, r)`: the RMS norm of `y` alone, so that
-    the running integrals never shrink the steps."""
-    return optx.rms_norm(x[0])
+    """The step-size controller's norm for a state whose last item holds the running
+    integrals (`(y, r)`, or `(y, a, r)` for a CNF): the RMS norm of the rest, so that
+    the integrals never shrink the steps."""
+    return optx.rms_norm(tuple(x[:-1]))
 
 
 def with_root_tolerances(solver, rtol, atol):

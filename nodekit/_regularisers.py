@@ -13,7 +13,9 @@ is integrated is the `quadrature`:
 - `"trapezoid"` (default): the solver steps `y` alone and `g` is evaluated once per
   step, at its end, and summed by the trapezoid rule (`nodekit._quadrature`). The steps
   are exactly the unregularised solve's, and a penalty costs one evaluation of its
-  integrand per step rather than one per stage.
+  integrand per step rather than one per stage. Kinetic energy alone needs only the
+  field value that every stage computes anyway, so it is integrated at the stages
+  (free, the solver's order, still without steering the step size).
 - `"augmented"`: `r` is part of the ODE state, so every stage evaluates `g` and
   adaptive solvers also control its error (RNODE's and TayNODE's own formulation).
 
@@ -33,6 +35,7 @@ one batched call, so the primal `f` is never evaluated twice.
 from __future__ import annotations
 
 import abc
+import functools
 import math
 import numbers
 from collections.abc import Sequence
@@ -127,6 +130,14 @@ class AbstractRegulariser(eqx.Module):
     def needs_noise(self) -> bool:
         """Whether `integrand` takes a noise vector `eps` (drawn once per solve)."""
         return self.noise_distribution is not None
+
+    @property
+    def field_value_only(self) -> bool:
+        """Whether the integrand needs nothing but the field's value `f(t, y)`, which the
+        solver's stages compute anyway (`KineticEnergy`). Such integrals are free at every
+        stage, so `quadrature="trapezoid"` integrates them there instead (see
+        `integration_of`). Default `False`; override to `True` only if so."""
+        return False
 
     @abc.abstractmethod
     def integrand(self, func: Callable, t, y, args, eps) -> jax.Array:
@@ -246,6 +257,10 @@ class KineticEnergy(_SharedWork):
     @property
     def _uses_linearisation(self):
         return False
+
+    @property
+    def field_value_only(self):
+        return True
 
     def _tangents(self, f, t, y, eps):
         return None
@@ -749,7 +764,10 @@ def regularised_odeint(
     - `quadrature`: `"trapezoid"` (default): the solver steps `y` alone and the
       integrands are evaluated once per step, at its end, and summed by the trapezoid
       rule (second order; the steps, and the NFE, are exactly those of the
-      unregularised solve). `"augmented"`: the running integrals are part of the ODE
+      unregularised solve). When every integrand needs only the field value (kinetic
+      energy alone), they are integrated at the stages instead, which is free and of
+      the solver's order, with the same steps (see `integration_of`).
+      `"augmented"`: the running integrals are part of the ODE
       state, evaluated at every solver stage and error-controlled (the solver's order;
       several times the cost for Jacobian and Taylor penalties, and the steps can
       differ from the unregularised solve's). See `nodekit._quadrature`.
@@ -781,17 +799,34 @@ def regularised_odeint(
         )
     regularisers = _as_regularisers(regularisers)
     _check_kwargs(odeint_kwargs)
-    solve = _solve_for(quadrature)
+    solve = _solve_for(quadrature, regularisers)
     y0 = _check_state("y0", y0, 1, "one state, a 1-D array of floats (for a batch use "
                       "regularised_odeint_batch or batch_mode=...)")
     noises = sample_noise(regularisers, key, y0.shape, y0.dtype)
     return _solve_one(func, y0, ts, regularisers, noises, solve, odeint_kwargs)
 
 
-def _solve_for(quadrature: str) -> Callable:
-    """The solve that integrates an augmented state with `quadrature`."""
+def integration_of(quadrature: str, regularisers) -> str | None:
+    """How the running integrals of `regularisers` are taken for `quadrature`:
+    `"trapezoid"` (once per step), `"stages"` (in the state at every stage, not steering
+    the step size: what `"trapezoid"` becomes when every integrand needs only the field
+    value, e.g. kinetic energy alone, which the stages compute anyway, so it is both
+    free and of the solver's order) or `None` (`"augmented"`: in the state, under error
+    control)."""
     _check_name("quadrature", quadrature, QUADRATURES)
-    return odeint_step_quadrature if quadrature == "trapezoid" else odeint
+    if quadrature == "augmented":
+        return None
+    if regularisers and all(getattr(r, "field_value_only", False) for r in regularisers):
+        return "stages"
+    return "trapezoid"
+
+
+def _solve_for(quadrature: str, regularisers) -> Callable:
+    """The solve that integrates an augmented state with `quadrature`."""
+    integrals = integration_of(quadrature, regularisers)
+    if integrals is None:
+        return odeint
+    return functools.partial(odeint_step_quadrature, integrals=integrals)
 
 
 def _explicit(func, ts, y, odeint_kwargs):
@@ -860,7 +895,7 @@ def regularised_odeint_batch(
         raise InputError(unknown_name_message("batch mode", mode, BATCH_MODES))
     regularisers = _as_regularisers(regularisers)
     _check_kwargs(odeint_kwargs)
-    solve = _solve_for(quadrature)
+    solve = _solve_for(quadrature, regularisers)
     y0s = _check_state("y0s", y0s, 2, "a batch of states, a float array of shape (B, d)")
     noises = sample_noise(regularisers, key, y0s.shape, y0s.dtype)
     if mode == "vmap":

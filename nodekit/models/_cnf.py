@@ -29,7 +29,7 @@ from .._errors import InputError
 from .._fields import MLPField
 from .._neural_ode import BATCH_MODES, NeuralODE
 from .._odeint import SolveStats
-from .._regularisers import QUADRATURES
+from .._regularisers import QUADRATURES, integration_of
 from ._common import check_choice, check_int, check_positive, solve, stats_aux
 
 #: Trace methods of `CNF`.
@@ -344,12 +344,14 @@ class CNF(eqx.Module):
                               throw=throw)
             return ys[0][-1], ys[1][-1], r0, stats
         full = wrap(self.dynamics(eps, regularisers))
-        if quadrature == "augmented":
-            ys, stats = solve(self.ode, full, (*state, r0), ts, args=args, throw=throw)
+        integrals = integration_of(quadrature, regularisers)
+        if integrals != "trapezoid":
+            ys, stats = solve(self.ode, full, (*state, r0), ts, args=args, throw=throw,
+                              integrals=integrals)
             return ys[0][-1], ys[1][-1], ys[2][-1], stats
         func = _StepQuadratureDynamics(full)
         ((y, a), r), stats = solve(self.ode, func, (state, r0), ts, args=args, throw=throw,
-                                   step_quadrature=True)
+                                   integrals="trapezoid")
         return y[-1], a[-1], r[-1], stats
 
     def log_prob(self, x, key: jax.Array | None = None, *, args=None, throw: bool = True

@@ -50,18 +50,18 @@ def is_concrete(x) -> bool:
 
 
 def solve(node: NeuralODE, func, y0, ts, *, args=None, throw: bool = True,
-          step_quadrature: bool = False):
+          integrals: str | None = None):
     """`nodekit.odeint(func, y0, ts)` with the solver settings (solver, tolerances, dt0,
     adjoint, max_steps) held by `node`. Returns `(ys, stats)`.
 
-    With `step_quadrature`, `y0` is `(y, r)` and `func` an augmented field whose running
-    integrals `r` are taken by the trapezoid rule once per step (see
-    `nodekit._quadrature`).
+    With `integrals` (`"trapezoid"` or `"stages"`), the state's last item holds running
+    integrals that do not steer the step size (see
+    `nodekit._odeint.odeint_step_quadrature`).
 
     `func` should be a pytree (an Equinox module) rather than a closure over arrays, so
     that `adjoint="backsolve"` sees its parameters.
     """
-    return node._odeint(func, y0, ts, args, throw, step_quadrature=step_quadrature)
+    return node._odeint(func, y0, ts, args, throw, integrals=integrals)
 
 
 def solve_from(node: NeuralODE, func, y0, t0, ts, *, args=None, throw: bool = True):
