@@ -66,7 +66,9 @@ def run(workdir: Path, quick: bool) -> Path:
         "model": f"CNF (FFJORD), MLP field {D.DEPTH}x{D.WIDTH} tanh, T = 1, exact trace",
         "solver": f"tsit5, rtol = atol = {D.TOL:g}, backprop through the solver",
         "RNODE": f"kinetic energy λ_K = {LAMBDA} + Jacobian Frobenius λ_J = {LAMBDA} "
-                 "(exact Jacobian in 2-D), integrated in the same solve",
+                 "(exact Jacobian in 2-D), integrated in the same solve by the trapezoid "
+                 "rule on the solver's steps (nodekit's default quadrature; RNODE's code "
+                 "puts them in the ODE state, `quadrature: augmented`)",
         "training": f"Adam lr {D.LR:g}, {steps} steps, one seed",
     }
     notes = [

@@ -74,7 +74,8 @@ def run(workdir: Path, quick: bool) -> Path:
         "model": f"CNF (FFJORD), MLP field {D.DEPTH}x{D.WIDTH} tanh, T = 1, exact trace",
         "solver": f"tsit5, rtol = atol = {D.TOL:g}, backprop through the solver",
         "TayNODE": f"R_{ORDER} = ∫ ||d^{ORDER}y/dt^{ORDER}||² dt (Taylor mode, integrated in the "
-                   f"same solve), λ ∈ {{{', '.join(f'{lam:g}' for lam in lambdas)}}}",
+                   "same solve by the trapezoid rule on the solver's steps, nodekit's default "
+                   f"quadrature), λ ∈ {{{', '.join(f'{lam:g}' for lam in lambdas)}}}",
         "training": f"Adam lr {D.LR:g}, {steps} steps, one seed per λ",
     }
     notes = [
