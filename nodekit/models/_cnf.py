@@ -139,9 +139,9 @@ class _StepQuadratureDynamics(eqx.Module):
 
 
 def _without_regularisers(dyn):
-    # built per call rather than stored: a second copy of the dynamics in the module
-    # would hold an empty `regularisers` tuple, which BacksolveAdjoint's backward solve
-    # cannot carry through its state
+    # built per call rather than stored beside `full`: with a stored second copy,
+    # BacksolveAdjoint's backward solve failed (Equinox's `tree_at` met a non-array
+    # `_DistinctTuple` in the solver state); building it here keeps one copy of the field
     if isinstance(dyn, _JointDynamics):
         return _JointDynamics(_without_regularisers(dyn.dynamics))
     return CNFDynamics(dyn.field, dyn.eps, (), dyn.trace)
