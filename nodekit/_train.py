@@ -18,7 +18,7 @@ import optax
 
 from ._checkpoint import load_checkpoint, save_checkpoint
 from ._compiled_step import CompiledStep
-from ._config import Config, OptimizerConfig, dump_yaml, load_config, validate
+from ._config import LBFGS_KWARGS, Config, OptimizerConfig, dump_yaml, load_config, validate
 from ._errors import (
     CheckpointError,
     ConfigError,
@@ -54,7 +54,7 @@ def make_optimizer(cfg: OptimizerConfig, total_steps: int) -> optax.GradientTran
     weight decay, minibatches and noisy losses with it.
     """
     if cfg.name == "lbfgs":
-        opts = {**_lbfgs_defaults(), **{k: int(v) for k, v in cfg.kwargs.items()}}
+        opts = {**LBFGS_KWARGS, **{k: int(v) for k, v in cfg.kwargs.items()}}
         linesearch = optax.scale_by_zoom_linesearch(
             max_linesearch_steps=opts["max_linesearch_steps"], initial_guess_strategy="one")
         return optax.lbfgs(cfg.learning_rate, memory_size=opts["memory_size"],
@@ -83,12 +83,6 @@ def make_optimizer(cfg: OptimizerConfig, total_steps: int) -> optax.GradientTran
         chain.append(optax.add_decayed_weights(cfg.weight_decay))
     chain.append(base)
     return optax.chain(*chain) if len(chain) > 1 else base
-
-
-def _lbfgs_defaults() -> dict:
-    from ._config import LBFGS_KWARGS
-
-    return dict(LBFGS_KWARGS)
 
 
 def _needs_value_fn(opt_state) -> bool:

@@ -29,7 +29,7 @@ from .._errors import InputError
 from .._fields import MLPField
 from .._neural_ode import BATCH_MODES, NeuralODE
 from .._odeint import SolveStats
-from .._regularisers import QUADRATURES, integration_of
+from .._regularisers import integration_of
 from ._common import check_choice, check_int, check_positive, solve, stats_aux
 
 #: Trace methods of `CNF`.
@@ -338,13 +338,12 @@ class CNF(eqx.Module):
         """Solve the flow from `state = (y, a)` with the regularisers' integrals starting
         at `r0`; `wrap` turns a `CNFDynamics` into the field on that state (identity for
         one sample, `_JointDynamics` for a batch). Returns `(y(t1), a(t1), r(t1), stats)`."""
-        check_choice("quadrature", quadrature, QUADRATURES)
+        integrals = integration_of(quadrature, regularisers)  # validates `quadrature`
         if not regularisers:
             ys, stats = solve(self.ode, wrap(self.dynamics(eps, ())), state, ts, args=args,
                               throw=throw)
             return ys[0][-1], ys[1][-1], r0, stats
         full = wrap(self.dynamics(eps, regularisers))
-        integrals = integration_of(quadrature, regularisers)
         if integrals != "trapezoid":
             ys, stats = solve(self.ode, full, (*state, r0), ts, args=args, throw=throw,
                               integrals=integrals)
