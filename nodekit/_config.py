@@ -14,14 +14,15 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
+import numpy as np
 import pydantic
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ._errors import ConfigError, closest, unknown_name_message
+from ._errors import ConfigError, InputError, closest, unknown_name_message
 from ._fields import ACTIVATIONS
 from ._neural_ode import BATCH_MODES
-from ._odeint import ADJOINTS, SOLVERS
+from ._odeint import ADJOINTS, ENGINES, SOLVERS
 
 
 #: Optimisers by their Optax names. `lbfgs` (L-BFGS with a zoom line search) is for
@@ -126,6 +127,10 @@ class SolverConfig(_Strict):
     checkpoints: Union[PosInt, Literal["auto"], None] = Field(
         "auto", description="solver steps the recursive adjoint stores: 'auto' (every step "
         "when they fit in 16 MiB), null (Diffrax's log2(max_steps)), or a count")
+    engine: str = Field(
+        "auto", description="who integrates: 'auto' (nodekit's Runge-Kutta engine for "
+        "adaptive dopri5/tsit5 with the recursive adjoint, else Diffrax), 'diffrax' (opt "
+        "out), or 'nodekit' (refuse settings the engine cannot run)")
 
     _name = field_validator("name")(_name_in("solver", SOLVERS))
 
@@ -136,6 +141,7 @@ class SolverConfig(_Strict):
             raise ValueError("must be 'auto', null (Diffrax's default) or a positive integer")
         return v
     _adjoint = field_validator("adjoint")(_name_in("adjoint", ADJOINTS))
+    _engine = field_validator("engine")(_name_in("engine", ENGINES))
     _batch_mode = field_validator("batch_mode")(_name_in("batch mode", BATCH_MODES))
     _fin = field_validator("rtol", "atol", "dt0")(_finite)
 
@@ -548,7 +554,25 @@ def validate(raw: Any) -> Config:
         raise ConfigError("data.name", f"got {cfg.data.name!r}: task {cfg.task!r} reads "
                                        f"{_TASK_DATA[cfg.task]!r} data.")
     _check_lbfgs_loss(cfg)
+    _check_engine(cfg)
     return cfg
+
+
+def _check_engine(cfg: "Config") -> None:
+    """`solver.engine: nodekit` with settings the engine cannot run is a config error
+    (the state-size budget is checked when the model is solved)."""
+    s, reg = cfg.solver, cfg.regularisation
+    if s.engine != "nodekit":
+        return
+    from ._odeint import engine_for
+
+    regularised = any(x is not None for x in (reg.kinetic, reg.jacobian, reg.taylor))
+    try:
+        engine_for(s.engine, solver=s.name, adjoint=s.adjoint, dt0=s.dt0,
+                   integrals="trapezoid" if regularised else None, checkpoints=s.checkpoints,
+                   max_steps=s.max_steps, y0=np.zeros((1,), np.float32))
+    except InputError as e:
+        raise ConfigError("solver.engine", str(e)) from None
 
 
 def load_yaml(path: str | Path) -> dict:

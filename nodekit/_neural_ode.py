@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from ._errors import InputError, unknown_name_message
-from ._odeint import ADJOINTS, SOLVERS, SolveStats, odeint, odeint_step_quadrature
+from ._odeint import ADJOINTS, ENGINES, SOLVERS, SolveStats, odeint, odeint_step_quadrature
 
 
 #: How a batch of initial states is solved: one solve per sample (`vmap`, each sample
@@ -42,8 +42,8 @@ class NeuralODE(eqx.Module):
 
     - `field`: the vector field (an `AbstractVectorField` or any Equinox module or
       function `f(t, y, args)`).
-    - `solver`, `rtol`, `atol`, `dt0`, `adjoint`, `max_steps`, `checkpoints`: as in
-      `nodekit.odeint`.
+    - `solver`, `rtol`, `atol`, `dt0`, `adjoint`, `max_steps`, `checkpoints`, `engine`:
+      as in `nodekit.odeint`.
     - `augment_dim`: ANODE augmentation (Dupont et al. 2019): append this many zeros to
       the initial state; the field then acts on `size + augment_dim` dimensions.
 
@@ -67,12 +67,15 @@ class NeuralODE(eqx.Module):
     max_steps: int = eqx.field(static=True, default=4096)
     augment_dim: int = eqx.field(static=True, default=0)
     checkpoints: int | str | None = eqx.field(static=True, default="auto")
+    engine: str = eqx.field(static=True, default="auto")
 
     def __check_init__(self):
         if self.solver not in SOLVERS:
             raise InputError(unknown_name_message("solver", self.solver, list(SOLVERS)))
         if self.adjoint not in ADJOINTS:
             raise InputError(unknown_name_message("adjoint", self.adjoint, ADJOINTS))
+        if self.engine not in ENGINES:
+            raise InputError(unknown_name_message("engine", self.engine, ENGINES))
         if self.augment_dim < 0:
             raise InputError(f"augment_dim must be >= 0, got {self.augment_dim}.")
 
@@ -98,6 +101,7 @@ class NeuralODE(eqx.Module):
             adjoint=self.adjoint,
             max_steps=self.max_steps,
             checkpoints=self.checkpoints,
+            engine=self.engine,
             args=args,
             return_stats=True,
             throw=throw,

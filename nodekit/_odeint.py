@@ -75,6 +75,11 @@ SOLVERS: dict[str, _SolverInfo] = {
 #: Adjoint (gradient) methods by name.
 ADJOINTS = ("recursive", "backsolve", "direct")
 
+#: Who integrates: `auto` (nodekit's own engine where it applies, else Diffrax; see
+#: `engine_for`), `diffrax` (always Diffrax) or `nodekit` (the engine, or an error
+#: saying why it cannot).
+ENGINES = ("auto", "diffrax", "nodekit")
+
 _RESULT_NAMES = list(diffrax.RESULTS._name_to_item.keys())
 
 
@@ -182,10 +187,11 @@ def _check_ts(ts) -> None:
     if not _is_tracer(ts):
         diffs = np.diff(np.asarray(ts))
         if not (np.all(diffs > 0) or np.all(diffs < 0)):
-            raise InputError(
-                "ts must be strictly increasing (or strictly decreasing for a backward "
-                "solve); repeated or unsorted times were given."
-            )
+            raise InputError(_TS_ORDER)
+
+
+_TS_ORDER = ("ts must be strictly increasing (or strictly decreasing for a backward "
+             "solve); repeated or unsorted times were given.")
 
 
 #: Memory the `recursive` adjoint may spend on stored solver steps when `odeint` picks the
@@ -234,6 +240,49 @@ def _vmapped_size(x) -> int:
             n *= int(np.shape(val)[bdim])
         x = val
     return n
+
+
+def engine_for(engine: str, *, solver: str, adjoint: str, dt0, integrals, checkpoints,
+               max_steps: int, y0) -> tuple[str, str]:
+    """Which engine runs a solve, and why: `("nodekit" | "diffrax", reason)`.
+
+    nodekit's engine (`nodekit._rk`) covers the solve training spends its time in: an
+    adaptive `dopri5` or `tsit5` solve (no `dt0`) differentiated by backpropagation
+    (`adjoint="recursive"`) with every step stored (`checkpoints` `"auto"` or at least
+    `max_steps`, and `max_steps` states within `CHECKPOINT_BUDGET_BYTES`), of a state of
+    one floating dtype, without step quadratures. Everything else goes to Diffrax."""
+    if engine not in ENGINES:
+        raise InputError(unknown_name_message("engine", engine, ENGINES))
+    if engine == "diffrax":
+        return "diffrax", "engine='diffrax' was asked for"
+    from ._rk import PAIRS
+
+    leaves = jax.tree_util.tree_leaves(y0)
+    dtypes = {jnp.result_type(x) for x in leaves}
+    state_bytes = sum(int(np.prod(np.shape(x))) * jnp.result_type(x).itemsize * _vmapped_size(x)
+                      for x in leaves)
+    if solver not in PAIRS:
+        why = f"solver {solver!r} (the engine has {', '.join(PAIRS)})"
+    elif adjoint != "recursive":
+        why = f"adjoint {adjoint!r} (the engine backpropagates: 'recursive')"
+    elif dt0 is not None:
+        why = "a fixed step dt0 (the engine is adaptive)"
+    elif integrals is not None:
+        why = "integrals accumulated on the step grid (regularisers)"
+    elif checkpoints not in ("auto", max_steps) and not (
+            isinstance(checkpoints, int) and checkpoints >= max_steps):
+        why = f"checkpoints={checkpoints!r} (the engine stores every step)"
+    elif max_steps * state_bytes > CHECKPOINT_BUDGET_BYTES:
+        why = (f"max_steps={max_steps} stored states of {state_bytes} bytes exceed "
+               f"{CHECKPOINT_BUDGET_BYTES // 2**20} MiB")
+    elif len(dtypes) != 1 or not all(jnp.issubdtype(d, jnp.floating) for d in dtypes):
+        why = "a state that is not of one floating dtype"
+    else:
+        return "nodekit", "supported"
+    if engine == "nodekit":
+        raise InputError(f"engine='nodekit' cannot solve with {why}; use engine='auto' "
+                         "(falls back to Diffrax) or engine='diffrax'.")
+    return "diffrax", why
 
 
 def make_adjoint(name: str, solver, controller, checkpoints: int | None = None) -> diffrax.AbstractAdjoint:
@@ -303,6 +352,7 @@ def odeint(
     throw: bool = True,
     check: bool = True,
     checkpoints: int | str | None = "auto",
+    engine: str = "auto",
 ):
     """Solve `dy/dt = func(t, y, args)` from `y0` at `ts[0]`, returning `y` at every `ts`.
 
@@ -333,6 +383,13 @@ def odeint(
       (16 MiB), so small problems backpropagate without recomputing the forward solve
       (see `auto_checkpoints`); `None` is Diffrax's default (about log2(max_steps)
       checkpoints, least memory, more recomputation); or a number.
+    - `engine`: `"auto"` (default) solves with nodekit's own Runge–Kutta engine where it
+      applies — `dopri5`/`tsit5`, adaptive, `adjoint="recursive"`, every step stored —
+      and with Diffrax otherwise (`engine_for` says which and why); `"diffrax"` always
+      uses Diffrax; `"nodekit"` insists on the engine. Both give the same solution to
+      the tolerance and the same gradients (those of the discretised solve with step
+      sizes held fixed); the engine's training step is faster and compiles sooner (see
+      `nodekit._rk` and benchmarks/RESULTS.md).
 
     **Returns:**
 
@@ -359,11 +416,12 @@ def odeint(
     return _odeint(func, y0, ts, solver=solver, rtol=rtol, atol=atol, dt0=dt0,
                    adjoint=adjoint, max_steps=max_steps, args=args,
                    return_stats=return_stats, throw=throw, check=check,
-                   checkpoints=checkpoints, integrals=None)
+                   checkpoints=checkpoints, integrals=None, engine=engine)
 
 
 def _odeint(func, y0, ts, *, solver, rtol, atol, dt0, adjoint, max_steps, args,
-            return_stats, throw, check, checkpoints, integrals: str | None):
+            return_stats, throw, check, checkpoints, integrals: str | None,
+            engine: str = "auto"):
     """`odeint`'s body. With `integrals`, the state's last item holds running integrals
     `r` that must not steer the step size (the error norm is `state_norm`): for
     `"trapezoid"`, `y0` is `(y, r)` and `func` an augmented field (`(t, (y, r), args) ->
@@ -386,6 +444,8 @@ def _odeint(func, y0, ts, *, solver, rtol, atol, dt0, adjoint, max_steps, args,
         )
     if dt0 is not None and not _is_tracer(dt0) and not dt0 != 0:
         raise InputError("dt0 must be non-zero.")
+    which, _ = engine_for(engine, solver=solver, adjoint=adjoint, dt0=dt0, integrals=integrals,
+                          checkpoints=checkpoints, max_steps=max_steps, y0=y0)
     if checkpoints == "auto":
         checkpoints = auto_checkpoints(y0, info, max_steps)
     elif checkpoints is not None and (isinstance(checkpoints, bool) or not isinstance(checkpoints, int)
@@ -399,6 +459,21 @@ def _odeint(func, y0, ts, *, solver, rtol, atol, dt0, adjoint, max_steps, args,
     t0, t1 = ts[0], ts[-1]
     if check:
         check_field(func, t0, y0, args)
+    message_kwargs = dict(solver=solver, rtol=rtol, atol=atol, max_steps=max_steps)
+    if which == "nodekit":
+        from ._rk import rk_solve
+
+        if _is_tracer(ts):  # the check Diffrax's SaveAt makes at run time
+            d = jnp.diff(ts)
+            ts = eqx.error_if(ts, ~(jnp.all(d > 0) | jnp.all(d < 0)), _TS_ORDER)
+
+        ys, s = rk_solve(func, y0, ts, args, solver=solver, rtol=rtol, atol=atol,
+                         max_steps=max_steps)
+        stats = SolveStats(nfe=s.nfe, num_steps=s.num_steps, num_accepted=s.num_accepted,
+                           num_rejected=s.num_rejected, result=s.result)
+        if throw:
+            ys = _raise_on_failure(ys, stats, message_kwargs)
+        return (ys, stats) if return_stats else ys
 
     if adjoint == "backsolve" and not isinstance(func, eqx.Module):
         # The continuous adjoint differentiates only explicit inputs: turn arrays a
@@ -434,9 +509,7 @@ def _odeint(func, y0, ts, *, solver, rtol, atol, dt0, adjoint, max_steps, args,
     stats = _stats(sol, info, adaptive=dt0 is None, dt0_given=dt0 is not None)
     ys = sol.ys
     if throw:
-        ys = _raise_on_failure(
-            ys, stats, dict(solver=solver, rtol=rtol, atol=atol, max_steps=max_steps)
-        )
+        ys = _raise_on_failure(ys, stats, message_kwargs)
     if return_stats:
         return ys, stats
     return ys

@@ -127,7 +127,9 @@ def test_config_quadrature_reaches_the_solve(base):
     out = {}
     for name, r in [("none", {}), ("trapezoid", reg),
                     ("augmented", dict(reg, quadrature="augmented"))]:
-        cfg = nodekit.validate_config(dict(base_cfg, regularisation=r))
+        # regularised solves run on Diffrax: the unregularised one too, to compare steps
+        solver = dict(base_cfg.get("solver", {}), engine="diffrax")
+        cfg = nodekit.validate_config(dict(base_cfg, regularisation=r, solver=solver))
         assert cfg.regularisation.quadrature == ("augmented" if name == "augmented" else "trapezoid")
         task = make_task(cfg)
         model = task.make_model(jax.random.PRNGKey(0))

@@ -168,8 +168,8 @@ class CNF(eqx.Module):
     - `trace`: `"exact"` (the full Jacobian's trace; cost `d` JVPs per evaluation, for
       low dimensions) or `"hutchinson"` (unbiased `εᵀ J ε`, one VJP; needs a `key`).
     - `noise`: distribution of `ε`: `"gaussian"` or `"rademacher"`.
-    - `solver`, `rtol`, `atol`, `dt0`, `adjoint`, `max_steps`, `checkpoints`: as in
-      `nodekit.odeint` (FFJORD used `rtol = atol = 1e-5`).
+    - `solver`, `rtol`, `atol`, `dt0`, `adjoint`, `max_steps`, `checkpoints`, `engine`: as
+      in `nodekit.odeint` (FFJORD used `rtol = atol = 1e-5`).
 
     **Raises:** `InputError` for an unknown trace, noise or solver name.
 
@@ -204,11 +204,13 @@ class CNF(eqx.Module):
         adjoint: str = "recursive",
         max_steps: int = 4096,
         checkpoints: int | str | None = "auto",
+        engine: str = "auto",
     ):
         check_int("CNF", "data_size", data_size, 1)
         check_positive("CNF", "t1", t1)
         self.ode = NeuralODE(field, solver=solver, rtol=rtol, atol=atol, dt0=dt0,
-                             adjoint=adjoint, max_steps=max_steps, checkpoints=checkpoints)
+                             adjoint=adjoint, max_steps=max_steps, checkpoints=checkpoints,
+                             engine=engine)
         self.data_size = data_size
         self.t1 = float(t1)
         self.trace = trace
@@ -247,7 +249,7 @@ class CNF(eqx.Module):
         o = self.ode
         return CNF(o.field, self.data_size, t1=self.t1, trace=trace, noise=self.noise,
                    solver=o.solver, rtol=o.rtol, atol=o.atol, dt0=o.dt0, adjoint=o.adjoint,
-                   max_steps=o.max_steps, checkpoints=o.checkpoints)
+                   max_steps=o.max_steps, checkpoints=o.checkpoints, engine=o.engine)
 
     @property
     def field(self):

@@ -1,0 +1,296 @@
+"""nodekit's own adaptive Runge–Kutta engine for the common training solve.
+
+`odeint` solves with Diffrax. For the case that dominates training — an explicit
+adaptive 5(4) pair (`dopri5`, `tsit5`), outputs at `ts`, backpropagation through the
+solver (`adjoint="recursive"`) with every step stored — this module does the same
+arithmetic in a leaner program:
+
+- the forward solve is one `lax.while_loop` over steps, run without any automatic
+  differentiation inside it; each accepted step stores its `(t, h, y)`;
+- the gradient is a `jax.custom_vjp`: one reverse loop over the stored steps, each
+  re-forming the step's stages and taking their VJP once (Diffrax's checkpointed loop
+  re-runs each step's body twice in the backward pass);
+- outputs at `ts` come from the pair's dense output (Dopri5's quartic through
+  Shampine's midpoint, Tsitouras' quartic for Tsit5), formed as one small matrix
+  product per step.
+
+The gradient is that of the discretised solve with the step sizes held fixed — what
+Diffrax computes too (its PID controller stops gradients through the error estimate).
+Gradients with respect to `ts` are those of the exact solution (`dy(t_j)/dt_j =
+f(t_j, y_j)`, and the continuous sensitivity for `ts[0]`), accurate to the tolerance.
+The step-size controller is Diffrax's default PID (integral) rule with the same
+constants, and the first step is chosen by Hairer's rule, so step counts match
+Diffrax's to within a step or so.
+
+The engine is chosen by `odeint(..., engine="auto")` (see `engine_reason`); the
+training loop uses it by default (`solver.engine` in a config) and `engine="diffrax"`
+opts out.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+
+class Pair(NamedTuple):
+    """An explicit embedded Runge–Kutta pair with FSAL and a dense output.
+
+    `a` is the full (stages x stages) strictly lower-triangular matrix; `e` the error
+    weights (`b - b_hat`); `dense[i, p]` the coefficient of theta**(p + 1) in the
+    dense-output weight of stage `i`, so that `y(t + theta h) = y + h * sum_i
+    w_i(theta) k_i`."""
+
+    c: np.ndarray
+    a: np.ndarray
+    b: np.ndarray
+    e: np.ndarray
+    dense: np.ndarray
+    error_order: int
+
+
+def _from_diffrax(tableau, dense: np.ndarray, error_order: int) -> Pair:
+    s = len(tableau.c) + 1
+    a = np.zeros((s, s))
+    for i, row in enumerate(tableau.a_lower):
+        a[i + 1, : len(row)] = row
+    c = np.concatenate([[0.0], tableau.c])
+    return Pair(c, a, np.asarray(tableau.b_sol, float), np.asarray(tableau.b_error, float),
+                dense, error_order)
+
+
+def _dopri5_dense(b: np.ndarray) -> np.ndarray:
+    """Shampine's dense output for Dopri5: the quartic through y0, y1, the field at
+    both ends and the midpoint value `y0 + h * sum_i m_i k_i`."""
+    m = np.array([6025192743 / 30085553152, 0, 51252292925 / 65400821598,
+                  -2691868925 / 45128329728, 187940372067 / 1594534317056,
+                  -1776094331 / 19743644256, 11237099 / 235043384]) / 2
+    first, last = np.eye(7)[0], np.eye(7)[6]
+    # p(theta) = y0 + sum_p C_p theta^p with C_1 = h f0 and C_2..C_4 fixed by
+    # p(1) = y1, p'(1) = h f1, p(1/2) = y_mid; written per stage weight.
+    c1 = first
+    c2 = last - 4 * first - 5 * b + 16 * m
+    c3 = 5 * first - 3 * last + 14 * b - 32 * m
+    c4 = 2 * (last - first) - 8 * b + 16 * m
+    return np.stack([c1, c2, c3, c4], axis=1)
+
+
+def _tsit5_dense() -> np.ndarray:
+    """Tsitouras' (2011) continuous extension of Tsit5, expanded into powers of theta."""
+    P = np.polynomial.Polynomial
+    x = P([0, 1])
+    w = [
+        -1.0530884977290216 * x * (x - 1.3299890189751412)
+        * (x**2 - 1.4364028541716351 * x + 0.7139816917074209),
+        0.1017 * x**2 * (x**2 - 2.1966568338249754 * x + 1.2949852507374631),
+        2.490627285651252793 * x**2 * (x**2 - 2.38535645472061657 * x + 1.57803468208092486),
+        -16.54810288924490272 * (x - 1.21712927295533244) * (x - 0.61620406037800089) * x**2,
+        47.37952196281928122 * (x - 1.203071208372362603) * (x - 0.658047292653547382) * x**2,
+        -34.87065786149660974 * (x - 1.2) * (x - 0.666666666666666667) * x**2,
+        2.5 * (x - 1) * (x - 0.6) * x**2,
+    ]
+    return np.stack([np.pad(p.coef, (0, 5 - len(p.coef)))[1:] for p in w])
+
+
+PAIRS: dict[str, Pair] = {
+    "dopri5": _from_diffrax(diffrax.Dopri5.tableau,
+                            _dopri5_dense(np.asarray(diffrax.Dopri5.tableau.b_sol, float)), 5),
+    "tsit5": _from_diffrax(diffrax.Tsit5.tableau, _tsit5_dense(), 5),
+}
+
+_RESULT = {name: i for i, name in enumerate(diffrax.RESULTS._name_to_item.keys())}
+SAFETY, FACTOR_MIN, FACTOR_MAX = 0.9, 0.2, 10.0
+
+
+class EngineStats(NamedTuple):
+    nfe: jax.Array
+    num_steps: jax.Array
+    num_accepted: jax.Array
+    num_rejected: jax.Array
+    result: jax.Array
+
+
+# ------------------------------------------------------------------ one step
+
+
+def _stages(f, pair: Pair, t, y, h, k0, params, last: bool = True):
+    """The field at every stage of one step from `(t, y)` (rows of the result), given
+    the first stage `k0`. `last=False` skips the final (FSAL) stage."""
+    s = len(pair.c)
+    ks = [k0]
+    for i in range(1, s if last else s - 1):
+        yi = y + h * sum(float(pair.a[i, j]) * ks[j] for j in range(i) if pair.a[i, j] != 0)
+        ks.append(f(t + float(pair.c[i]) * h, yi, params))
+    return jnp.stack(ks)
+
+
+def _dense_weights(pair: Pair, theta):
+    """(J, stages) dense-output weights at the fractions `theta` (J,) of a step."""
+    powers = jnp.stack([theta ** (p + 1) for p in range(pair.dense.shape[1])], axis=-1)
+    return powers @ jnp.asarray(pair.dense.T, theta.dtype)
+
+
+def _in_step(ts, t, h):
+    """Which save times the step (t, t + h] holds."""
+    return (ts > t) & (ts <= t + h)
+
+
+def _rms(x):
+    return jnp.sqrt(jnp.mean(x * x))
+
+
+def _first_step(f, pair: Pair, t0, y0, f0, params, rtol, atol):
+    """Hairer's starting step (Diffrax's rule): one extra field evaluation."""
+    scale = atol + jnp.abs(y0) * rtol
+    d0, d1 = _rms(y0 / scale), _rms(f0 / scale)
+    small = (d0 < 1e-5) | (d1 < 1e-5)
+    h0 = jnp.where(small, 1e-6, 0.01 * d0 / jnp.where(small, 1.0, d1))
+    f1 = f(t0 + h0, y0 + h0 * f0, params)
+    d2 = _rms((f1 - f0) / scale) / h0
+    dmax = jnp.maximum(d1, d2)
+    h1 = jnp.where(dmax <= 1e-15, jnp.maximum(1e-6, h0 * 1e-3),
+                   (0.01 / jnp.where(dmax <= 1e-15, 1.0, dmax)) ** (1.0 / pair.error_order))
+    return jnp.minimum(100 * h0, h1)
+
+
+# ------------------------------------------------------------------ forward solve
+
+
+def _forward(f, pair: Pair, params, y0, ts, rtol, atol, max_steps: int):
+    """The adaptive solve on increasing `ts`. Returns `(ys, stats, (T, H, Y, n))`: the
+    outputs at `ts`, statistics, and the accepted steps' start times, sizes and states."""
+    dtype = y0.dtype
+    t0, t1 = ts[0], ts[-1]
+    f0 = f(t0, y0, params)
+    h0 = _first_step(f, pair, t0, y0, f0, params, rtol, atol)
+    ys = jnp.zeros((ts.shape[0],) + y0.shape, dtype).at[0].set(y0)
+    T = jnp.zeros((max_steps,), ts.dtype)
+    H = jnp.zeros((max_steps,), ts.dtype)
+    Y = jnp.zeros((max_steps,) + y0.shape, dtype)
+    b, e = jnp.asarray(pair.b, dtype), jnp.asarray(pair.e, dtype)
+
+    def cond(c):
+        t, _, _, h, _, _, _, _, n_acc, n_steps, bad = c
+        return (t < t1) & (n_steps < max_steps) & ~bad
+
+    def body(c):
+        t, y, k0, h, ys, T, H, Y, n_acc, n_steps, bad = c
+        h = jnp.minimum(h, t1 - t)
+        K = _stages(f, pair, t, y, h, k0, params)
+        y1 = y + h * jnp.tensordot(b, K, axes=1)
+        err = h * jnp.tensordot(e, K, axes=1)
+        scaled = _rms(err / (atol + rtol * jnp.maximum(jnp.abs(y), jnp.abs(y1))))
+        # a non-finite step (NaN anywhere in y1 or the error) is rejected and shrunk
+        scaled = jnp.where(jnp.isnan(scaled) | jnp.isnan(jnp.sum(y1)), jnp.inf, scaled)
+        accept = scaled < 1
+        factor = SAFETY * (1 / scaled) ** (1.0 / pair.error_order)  # 1/0 = inf: grow
+        factor = jnp.clip(factor, FACTOR_MIN, jnp.where(accept, FACTOR_MAX, SAFETY))
+        save = _in_step(ts, t, h) & accept
+        dense = y[None] + h * (_dense_weights(pair, (ts - t) / h).astype(dtype) @ K)
+        ys = jnp.where(save.reshape((-1,) + (1,) * y.ndim), dense, ys)
+        idx = jnp.where(accept, n_acc, max_steps)  # out of bounds: dropped
+        T = T.at[idx].set(t, mode="drop")
+        H = H.at[idx].set(h, mode="drop")
+        Y = Y.at[idx].set(y, mode="drop")
+        t_next = jnp.where(accept, t + h, t)
+        bad = (t_next + h * factor <= t_next) | ~jnp.isfinite(h * factor)
+        return (t_next, jnp.where(accept, y1, y), jnp.where(accept, K[-1], k0), h * factor,
+                ys, T, H, Y, n_acc + accept, n_steps + 1, bad)
+
+    init = (t0, y0, f0, h0, ys, T, H, Y, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32),
+            jnp.zeros((), bool))
+    t, _, _, _, ys, T, H, Y, n_acc, n_steps, bad = jax.lax.while_loop(cond, body, init)
+    result = jnp.where(t >= t1, _RESULT["successful"],
+                       jnp.where(bad, _RESULT["nonfinite"], _RESULT["max_steps_reached"]))
+    stages = len(pair.c)
+    stats = EngineStats(nfe=2 + (stages - 1) * n_steps, num_steps=n_steps,
+                        num_accepted=n_acc, num_rejected=n_steps - n_acc,
+                        result=result.astype(jnp.int32))
+    return ys, stats, (T, H, Y, n_acc)
+
+
+# ------------------------------------------------------------------ gradient
+
+
+def _backward(f, pair: Pair, params, ts, steps, ys, ct_ys):
+    """Cotangents of `(params, y0, ts)` from those of `ys`, by one reverse pass over the
+    stored steps."""
+    T, H, Y, n_acc = steps
+    dtype = Y.dtype
+    b = jnp.asarray(pair.b, dtype)
+    zeros_p = jax.tree_util.tree_map(jnp.zeros_like, params)
+
+    def body(i, c):
+        a, gp = c
+        j = n_acc - 1 - i
+        t, h, y = T[j], H[j], Y[j]
+        mask = _in_step(ts, t, h)
+        w = _dense_weights(pair, (ts - t) / h).astype(dtype)
+
+        def step(y, p):
+            K = _stages(f, pair, t, y, h, f(t, y, p), p)
+            return y + h * jnp.tensordot(b, K, axes=1), h * (w @ K)
+
+        _, vjp = jax.vjp(step, y, params)
+        ct_dense = jnp.where(mask.reshape((-1,) + (1,) * y.ndim), ct_ys, 0)
+        # dense = y + h w K: y's share of the dense output's cotangent goes to `a` directly
+        dy, dp = vjp((a, ct_dense))
+        return dy + jnp.sum(ct_dense, axis=0), jax.tree_util.tree_map(jnp.add, gp, dp)
+
+    a, gp = jax.lax.fori_loop(0, n_acc, body, (jnp.zeros_like(ct_ys[0]), zeros_p))
+    a = a + ct_ys[0]
+    # d y(t_j) / d t_j = f(t_j, y_j); d y(t_j) / d t_0 = -(dy(t_j)/dy0) f(t_0, y_0).
+    fs = jax.vmap(lambda t, y: f(t, y, params))(ts, ys)
+    ct_ts = jnp.sum((ct_ys * fs).reshape(ts.shape[0], -1), axis=1)
+    ct_ts = ct_ts.at[0].set(jnp.vdot(ct_ys[0], fs[0]) - jnp.vdot(a, fs[0]))
+    return gp, a, ct_ts.astype(ts.dtype)
+
+
+# ------------------------------------------------------------------ public entry
+
+
+def rk_solve(func, y0, ts, args, *, solver: str, rtol: float, atol: float, max_steps: int):
+    """Solve `dy/dt = func(t, y, args)` with the engine; returns `(ys, EngineStats)`.
+
+    `func` may close over arrays (they are differentiated like explicit arguments),
+    `y0` is any pytree of floating arrays of one dtype, `ts` is 1-D and strictly
+    monotonic. Failures come back in `stats.result` (Diffrax's codes)."""
+    pair = PAIRS[solver]
+    flat_y0, unravel = ravel_pytree(y0)
+    sign = jax.lax.stop_gradient(jnp.where(ts[-1] >= ts[0], 1.0, -1.0).astype(ts.dtype))
+    conv = eqx.filter_closure_convert(func, ts[0], y0, args)
+    dynamic, static = eqx.partition((conv, args), eqx.is_inexact_array)
+    # Time runs forwards inside the engine: u = sign * t.
+    us = sign * ts
+
+    def f(u, y, p):
+        # (JAX may hand a float leaf back as a Python-like literal: make it an array)
+        fn, a = eqx.combine(jax.tree_util.tree_map(jnp.asarray, p), static)
+        out, _ = ravel_pytree(fn(sign * u, unravel(y), a))
+        return sign * out.astype(y.dtype)
+
+    @jax.custom_vjp
+    def solve(p, y, us):
+        ys, stats, _ = _forward(f, pair, p, y, us, rtol, atol, max_steps)
+        return ys, stats
+
+    def solve_fwd(p, y, us):
+        ys, stats, steps = _forward(f, pair, p, y, us, rtol, atol, max_steps)
+        return (ys, stats), (p, us, steps, ys)
+
+    def solve_bwd(res, cts):
+        p, us, steps, ys = res
+        ct_ys, _ = cts
+        return _backward(f, pair, p, us, steps, ys, ct_ys)
+
+    solve.defvjp(solve_fwd, solve_bwd)
+    flat_ys, stats = solve(dynamic, flat_y0, us)
+    # integer statistics carry no tangent (Equinox's runtime checks read them under AD)
+    stats = EngineStats(*(jax.lax.stop_gradient(x) for x in stats))
+    return jax.vmap(unravel)(flat_ys), stats
