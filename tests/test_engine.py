@@ -1,0 +1,155 @@
+"""nodekit's own Runge–Kutta engine (`nodekit._rk`, `odeint(engine=...)`): solutions
+against closed forms and Diffrax, gradients against finite differences, the choice
+of engine, and failures."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import nodekit
+from nodekit._odeint import engine_for, result_name
+
+from .helpers import central_fd, run_cli
+
+A = np.array([[-0.3, 1.2], [-1.2, -0.3]])  # a damped rotation: y(t) = expm(A t) y0
+
+
+def _linear(t, y, args):
+    return y @ args.T
+
+
+def _exact(y0, ts):
+    w, v = np.linalg.eig(A)
+    return np.real(np.stack([v @ np.diag(np.exp(w * t)) @ np.linalg.solve(v, y0) for t in ts]))
+
+
+@pytest.mark.parametrize("solver", ["dopri5", "tsit5"])
+def test_engine_matches_the_closed_form_and_diffrax(solver):
+    """Outputs at ts (most of them from the dense output, between steps) are as accurate
+    as Diffrax's at the same tolerance, forwards and backwards in time, with fewer than
+    one evaluation per Diffrax evaluation plus a step or two."""
+    with jax.enable_x64(True):
+        y0, ts = np.array([1.0, -0.5]), np.linspace(0.0, 4.0, 23)
+        kw = dict(solver=solver, rtol=1e-6, atol=1e-9, args=jnp.asarray(A), return_stats=True)
+        ys, st = nodekit.odeint(_linear, jnp.asarray(y0), ts, engine="nodekit", **kw)
+        ref, st_ref = nodekit.odeint(_linear, jnp.asarray(y0), ts, engine="diffrax", **kw)
+        exact = _exact(y0, ts)
+        err, err_ref = np.abs(np.asarray(ys) - exact).max(), np.abs(np.asarray(ref) - exact).max()
+        assert err < 2e-5 and err < 3 * err_ref + 1e-9, (err, err_ref)
+        assert int(st.result) == 0 and abs(int(st.num_accepted) - int(st_ref.num_accepted)) <= 2
+        assert int(st.nfe) <= int(st_ref.nfe) + 12
+        back = nodekit.odeint(_linear, jnp.asarray(exact[-1]), ts[::-1], engine="nodekit", **kw)[0]
+        assert np.abs(np.asarray(back) - exact[::-1]).max() < 1e-4
+
+
+def test_engine_dense_output_is_fourth_order():
+    """A loose tolerance gives few, long steps: the dense output between them must
+    converge like the solver (error falls ~16-32x when the tolerance falls 100x with a
+    5th-order step length rule), not like linear interpolation."""
+    with jax.enable_x64(True):
+        y0, ts = np.array([1.0, 0.0]), np.linspace(0.0, 6.0, 81)
+        errs = []
+        for rtol in (1e-3, 1e-5):
+            ys, st = nodekit.odeint(_linear, jnp.asarray(y0), ts, solver="dopri5", rtol=rtol,
+                                    atol=rtol * 1e-3, args=jnp.asarray(A), engine="nodekit",
+                                    return_stats=True)
+            assert int(st.num_accepted) < 40  # most outputs are interpolated
+            errs.append(np.abs(np.asarray(ys) - _exact(y0, ts)).max())
+        assert errs[1] < errs[0] / 10, errs
+
+
+def test_engine_gradients_match_finite_differences():
+    """Gradients with respect to the field's parameters (closed over), `args`, `y0`
+    and `ts`, against central differences of the same solve (float64, tight tolerance)."""
+    with jax.enable_x64(True):
+        w = jnp.array([[0.2, -0.7], [0.5, 0.1]])
+
+        def loss(w, a, y0, ts):
+            f = lambda t, y, args: jnp.tanh(y @ w.T) * args + 0.1 * jnp.sin(t)  # noqa: E731
+            ys = nodekit.odeint(f, y0, ts, solver="tsit5", rtol=1e-11, atol=1e-12, args=a,
+                                engine="nodekit", max_steps=2000)
+            return jnp.sum(jnp.sin(ys) * jnp.arange(1.0, 1.0 + ys.size).reshape(ys.shape))
+
+        x = (w, jnp.asarray(1.3), jnp.array([0.4, -0.9]), jnp.array([0.1, 0.7, 1.5, 2.0]))
+        grads = jax.grad(loss, argnums=(0, 1, 2, 3))(*x)
+        loss_jit = jax.jit(loss)
+        for i, g in enumerate(grads):
+            def along(v, i=i):
+                return loss_jit(*x[:i], v, *x[i + 1:])
+
+            np.testing.assert_allclose(np.asarray(g), central_fd(along, x[i]), rtol=1e-5, atol=1e-6)
+
+
+def test_engine_gradients_agree_with_diffrax_under_vmap_and_jit():
+    """A batch solved per sample (`vmap` of the engine's custom VJP and while loops), in
+    float32, under `jit`: the engine's loss and gradients equal Diffrax's to the
+    tolerance. (The joint mode is one plain solve of a bigger state.)"""
+    key = jax.random.PRNGKey(0)
+    field = nodekit.MLPField(2, 16, 1, key=key)
+    y0s = jax.random.normal(jax.random.PRNGKey(1), (5, 2))
+    ts = jnp.linspace(0.0, 1.0, 6)
+
+    def loss(field, engine, mode):
+        node = nodekit.NeuralODE(field, solver="dopri5", rtol=1e-6, atol=1e-8, engine=engine)
+        return jnp.mean(node.solve_batch(ts, y0s, mode=mode).ys ** 2)
+
+    g = eqx.filter_jit(eqx.filter_value_and_grad(loss))
+    (v, gn), (vr, gr) = g(field, "nodekit", "vmap"), g(field, "diffrax", "vmap")
+    assert float(v) == pytest.approx(float(vr), rel=1e-5)
+    for a, b in zip(jax.tree_util.tree_leaves(gn), jax.tree_util.tree_leaves(gr)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=1e-6)
+
+
+def test_engine_pytree_state():
+    y0 = {"a": jnp.array(1.0), "b": jnp.array([2.0, -1.0])}
+    ys = nodekit.odeint(lambda t, y, a: jax.tree_util.tree_map(lambda v: -v, y), y0,
+                        jnp.linspace(0, 1, 3), solver="tsit5", engine="nodekit")
+    np.testing.assert_allclose(np.asarray(ys["b"][-1]), np.exp(-1.0) * np.array([2.0, -1.0]),
+                               rtol=1e-5)
+
+
+def test_engine_choice_and_reasons():
+    y0 = jnp.ones(2)
+    pick = lambda **kw: engine_for(**{**dict(engine="auto", solver="dopri5",  # noqa: E731
+                                            adjoint="recursive", dt0=None, integrals=None,
+                                            checkpoints="auto", max_steps=4096, y0=y0), **kw})
+    assert pick() == ("nodekit", "supported")
+    for kw, why in [(dict(solver="bosh3"), "solver 'bosh3'"),
+                    (dict(adjoint="backsolve"), "adjoint 'backsolve'"),
+                    (dict(dt0=0.1), "fixed step"),
+                    (dict(integrals="trapezoid"), "regularisers"),
+                    (dict(checkpoints=None), "checkpoints=None"),
+                    (dict(y0=jnp.ones(10**4)), "exceed 16 MiB"),
+                    (dict(engine="diffrax"), "asked for")]:
+        which, reason = pick(**kw)
+        assert which == "diffrax" and why in reason, (kw, reason)
+    with pytest.raises(nodekit.InputError, match="engine='nodekit' cannot solve with adjoint 'backsolve'"):
+        nodekit.odeint(_linear, y0, jnp.linspace(0, 1, 3), args=jnp.asarray(A),
+                       adjoint="backsolve", engine="nodekit")
+    with pytest.raises(nodekit.InputError, match="unknown engine 'fast'"):
+        nodekit.odeint(_linear, y0, jnp.linspace(0, 1, 3), args=jnp.asarray(A), engine="fast")
+
+
+def test_engine_failures_come_back_as_result_codes():
+    ts = jnp.linspace(0, 1, 3)
+    _, st = nodekit.odeint(lambda t, y, a: y * jnp.nan, jnp.ones(2), ts, engine="nodekit",
+                           throw=False, return_stats=True, check=False)
+    assert result_name(int(st.result)) == "nonfinite" and int(st.num_steps) <= 2
+    with pytest.raises(nodekit.SolverError, match="non-finite"):
+        nodekit.odeint(lambda t, y, a: y * jnp.nan, jnp.ones(2), ts, engine="nodekit", check=False)
+    stiff = lambda t, y, a: -1e5 * (y - jnp.cos(t))  # noqa: E731
+    _, st = nodekit.odeint(stiff, jnp.ones(1), ts, engine="nodekit", max_steps=16, throw=False,
+                           return_stats=True)
+    assert result_name(int(st.result)) == "max_steps_reached"
+    assert int(st.num_steps) == 16
+
+
+def test_config_engine_nodekit_with_unsupported_settings_exits_2(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("solver: {name: bosh3, engine: nodekit}\ntrain: {steps: 2}\n")
+    r = run_cli("train", str(cfg), "--workdir", str(tmp_path / "run"))
+    assert r.returncode == 2
+    assert "solver.engine" in r.stderr and "solver 'bosh3'" in r.stderr
+    assert "Traceback" not in r.stderr
