@@ -463,9 +463,9 @@ def _odeint(func, y0, ts, *, solver, rtol, atol, dt0, adjoint, max_steps, args,
     if which == "nodekit":
         from ._rk import rk_solve
 
-        if _is_tracer(ts):  # the check Diffrax's SaveAt makes at run time
+        if _is_tracer(ts):  # the check Diffrax's SaveAt makes at run time (repeats pass)
             d = jnp.diff(ts)
-            ts = eqx.error_if(ts, ~(jnp.all(d > 0) | jnp.all(d < 0)), _TS_ORDER)
+            ts = eqx.error_if(ts, ~(jnp.all(d >= 0) | jnp.all(d <= 0)), _TS_ORDER)
 
         ys, s = rk_solve(func, y0, ts, args, solver=solver, rtol=rtol, atol=atol,
                          max_steps=max_steps)

@@ -169,7 +169,9 @@ def _forward(f, pair: Pair, params, y0, ts, rtol, atol, max_steps: int):
     t0, t1 = ts[0], ts[-1]
     f0 = f(t0, y0, params)
     h0 = _first_step(f, pair, t0, y0, f0, params, rtol, atol)
-    ys = jnp.zeros((ts.shape[0],) + y0.shape, dtype).at[0].set(y0)
+    # times equal to t0 (a zero-length solve, or repeats) keep y0; later ones are
+    # written by the step that reaches them
+    ys = jnp.where((ts <= t0).reshape((-1,) + (1,) * y0.ndim), y0[None], jnp.zeros((), dtype))
     T = jnp.zeros((max_steps,), ts.dtype)
     H = jnp.zeros((max_steps,), ts.dtype)
     Y = jnp.zeros((max_steps,) + y0.shape, dtype)
@@ -218,9 +220,9 @@ def _forward(f, pair: Pair, params, y0, ts, rtol, atol, max_steps: int):
 # ------------------------------------------------------------------ gradient
 
 
-def _backward(f, pair: Pair, params, ts, steps, ys, ct_ys):
+def _backward(f, pair: Pair, params, ctx, ts, steps, ys, ct_ys):
     """Cotangents of `(params, y0, ts)` from those of `ys`, by one reverse pass over the
-    stored steps."""
+    stored steps (`f` takes `(params, ctx)`; `ctx` is not differentiated)."""
     T, H, Y, n_acc = steps
     dtype = Y.dtype
     b = jnp.asarray(pair.b, dtype)
@@ -234,7 +236,8 @@ def _backward(f, pair: Pair, params, ts, steps, ys, ct_ys):
         w = _dense_weights(pair, (ts - t) / h).astype(dtype)
 
         def step(y, p):
-            K = _stages(f, pair, t, y, h, f(t, y, p), p)
+            pc = (p, ctx)
+            K = _stages(f, pair, t, y, h, f(t, y, pc), pc)
             return y + h * jnp.tensordot(b, K, axes=1), h * (w @ K)
 
         _, vjp = jax.vjp(step, y, params)
@@ -244,9 +247,10 @@ def _backward(f, pair: Pair, params, ts, steps, ys, ct_ys):
         return dy + jnp.sum(ct_dense, axis=0), jax.tree_util.tree_map(jnp.add, gp, dp)
 
     a, gp = jax.lax.fori_loop(0, n_acc, body, (jnp.zeros_like(ct_ys[0]), zeros_p))
-    a = a + ct_ys[0]
+    at_t0 = (ts <= ts[0]).reshape((-1,) + (1,) * (ct_ys.ndim - 1))
+    a = a + jnp.sum(jnp.where(at_t0, ct_ys, 0), axis=0)  # outputs at t0 are y0 itself
     # d y(t_j) / d t_j = f(t_j, y_j); d y(t_j) / d t_0 = -(dy(t_j)/dy0) f(t_0, y_0).
-    fs = jax.vmap(lambda t, y: f(t, y, params))(ts, ys)
+    fs = jax.vmap(lambda t, y: f(t, y, (params, ctx)))(ts, ys)
     ct_ts = jnp.sum((ct_ys * fs).reshape(ts.shape[0], -1), axis=1)
     ct_ts = ct_ts.at[0].set(jnp.vdot(ct_ys[0], fs[0]) - jnp.vdot(a, fs[0]))
     return gp, a, ct_ts.astype(ts.dtype)
@@ -265,32 +269,41 @@ def rk_solve(func, y0, ts, args, *, solver: str, rtol: float, atol: float, max_s
     flat_y0, unravel = ravel_pytree(y0)
     sign = jax.lax.stop_gradient(jnp.where(ts[-1] >= ts[0], 1.0, -1.0).astype(ts.dtype))
     conv = eqx.filter_closure_convert(func, ts[0], y0, args)
-    dynamic, static = eqx.partition((conv, args), eqx.is_inexact_array)
-    # Time runs forwards inside the engine: u = sign * t.
+    arrays, static = eqx.partition((conv, args), eqx.is_array)
+    floats, others = eqx.partition(arrays, eqx.is_inexact_array)
+    # Time runs forwards inside the engine: u = sign * t. Everything traced goes in as
+    # an argument (`floats` are differentiated; `ctx` holds integer arrays and the
+    # sign), never as a closure, so the VJP can be traced later under any transform.
     us = sign * ts
 
     def f(u, y, p):
+        pf, (other, sgn) = p
         # (JAX may hand a float leaf back as a Python-like literal: make it an array)
-        fn, a = eqx.combine(jax.tree_util.tree_map(jnp.asarray, p), static)
-        out, _ = ravel_pytree(fn(sign * u, unravel(y), a))
-        return sign * out.astype(y.dtype)
+        pf = jax.tree_util.tree_map(jnp.asarray, pf)
+        fn, a = eqx.combine(pf, other, static)
+        out, _ = ravel_pytree(fn(sgn * u, unravel(y), a))
+        return sgn * out.astype(y.dtype)
 
     @jax.custom_vjp
-    def solve(p, y, us):
-        ys, stats, _ = _forward(f, pair, p, y, us, rtol, atol, max_steps)
+    def solve(pf, ctx, y, us):
+        ys, stats, _ = _forward(f, pair, (pf, ctx), y, us, rtol, atol, max_steps)
         return ys, stats
 
-    def solve_fwd(p, y, us):
-        ys, stats, steps = _forward(f, pair, p, y, us, rtol, atol, max_steps)
-        return (ys, stats), (p, us, steps, ys)
+    def solve_fwd(pf, ctx, y, us):
+        ys, stats, steps = _forward(f, pair, (pf, ctx), y, us, rtol, atol, max_steps)
+        return (ys, stats), (pf, ctx, us, steps, ys)
 
     def solve_bwd(res, cts):
-        p, us, steps, ys = res
+        pf, ctx, us, steps, ys = res
         ct_ys, _ = cts
-        return _backward(f, pair, p, us, steps, ys, ct_ys)
+        gp, a, ct_us = _backward(f, pair, pf, ctx, us, steps, ys, ct_ys)
+        ct_ctx = jax.tree_util.tree_map(
+            lambda x: jnp.zeros_like(x) if eqx.is_inexact_array(x)
+            else np.zeros(np.shape(x), jax.dtypes.float0), ctx)
+        return gp, ct_ctx, a, ct_us
 
     solve.defvjp(solve_fwd, solve_bwd)
-    flat_ys, stats = solve(dynamic, flat_y0, us)
+    flat_ys, stats = solve(floats, (others, sign), flat_y0, us)
     # integer statistics carry no tangent (Equinox's runtime checks read them under AD)
     stats = EngineStats(*(jax.lax.stop_gradient(x) for x in stats))
     return jax.vmap(unravel)(flat_ys), stats

@@ -153,3 +153,16 @@ def test_config_engine_nodekit_with_unsupported_settings_exits_2(tmp_path):
     assert r.returncode == 2
     assert "solver.engine" in r.stderr and "solver 'bosh3'" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_engine_zero_length_and_repeated_times():
+    """Times equal to the start (an ODE-RNN's first, zero-length solve) return y0, under
+    jit too, and their gradient is the identity."""
+    f = lambda t, y, a: -y  # noqa: E731
+    solve = jax.jit(lambda y0, ts: nodekit.odeint(f, y0, ts, engine="nodekit"))
+    y0 = jnp.array([1.0, 2.0])
+    np.testing.assert_allclose(np.asarray(solve(y0, jnp.array([0.5, 0.5]))), [[1, 2], [1, 2]])
+    ys = solve(y0, jnp.array([0.0, 0.0, 1.0, 1.0]))
+    np.testing.assert_allclose(np.asarray(ys[2:]), np.exp(-1.0) * np.array([[1, 2], [1, 2]]), rtol=1e-5)
+    g = jax.grad(lambda y0: jnp.sum(solve(y0, jnp.array([0.5, 0.5]))))(y0)
+    np.testing.assert_allclose(np.asarray(g), [2.0, 2.0])
