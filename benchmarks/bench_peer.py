@@ -199,11 +199,14 @@ def first_call(trainer_step, *args):
     return ev, out
 
 
-def spiral_setup(adjoint="recursive", batch_mode="joint", loss=None):
+ENGINE_OFF = "nodekit train loop, solve on Diffrax (engine: diffrax)"
+
+
+def spiral_setup(adjoint="recursive", batch_mode="joint", loss=None, engine="auto"):
     from nodekit._config import validate
     from nodekit._train import initial_state, make_step
 
-    cfg = validate(spiral_raw(adjoint=adjoint, batch_mode=batch_mode))
+    cfg = validate(spiral_raw(adjoint=adjoint, batch_mode=batch_mode, engine=engine))
     task, model, optim, opt_state = initial_state(cfg, jax.random.PRNGKey(0))
     step = make_step(loss or task.loss, optim)
     return cfg, task, model, opt_state, step, optim
@@ -283,6 +286,16 @@ def bench_spiral(repeats: int, warmup: int, adjoint_too: bool, train_loop_too: b
             flat.record()
             contenders["nodekit train loop (flat jit)"] = flat
             firsts["nodekit train loop (flat jit)"] = ev2
+            # the same train-loop step with the solve on Diffrax (solver.engine: diffrax)
+            _, task_d, model_d, opt_d, _, optim_d = spiral_setup(engine="diffrax")
+            with CompileEvents() as ev3:
+                cs_d = CompiledStep(step_body(task_d.loss, optim_d), model_d, opt_d, batches[0],
+                                    jax.random.PRNGKey(1), cache_dir=None, key_material=None)
+                flat_d = NodekitTrainer(cs_d, model_d, opt_d, flat=True)
+                flat_d.step(batches[0])
+            flat_d.record()
+            contenders[ENGINE_OFF] = flat_d
+            firsts[ENGINE_OFF] = ev3
         except ImportError as e:
             notes.append(f"train-loop row skipped: {e}")
 

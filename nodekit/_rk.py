@@ -220,9 +220,10 @@ def _forward(f, pair: Pair, params, y0, ts, rtol, atol, max_steps: int):
 # ------------------------------------------------------------------ gradient
 
 
-def _backward(f, pair: Pair, params, ctx, ts, steps, ys, ct_ys):
+def _backward(f, pair: Pair, params, ctx, ts, steps, ys, ct_ys, times: bool = True):
     """Cotangents of `(params, y0, ts)` from those of `ys`, by one reverse pass over the
-    stored steps (`f` takes `(params, ctx)`; `ctx` is not differentiated)."""
+    stored steps (`f` takes `(params, ctx)`; `ctx` is not differentiated). With
+    `times=False` the cotangent of `ts` is None (not differentiated: no evaluations)."""
     T, H, Y, n_acc = steps
     dtype = Y.dtype
     b = jnp.asarray(pair.b, dtype)
@@ -249,6 +250,8 @@ def _backward(f, pair: Pair, params, ctx, ts, steps, ys, ct_ys):
     a, gp = jax.lax.fori_loop(0, n_acc, body, (jnp.zeros_like(ct_ys[0]), zeros_p))
     at_t0 = (ts <= ts[0]).reshape((-1,) + (1,) * (ct_ys.ndim - 1))
     a = a + jnp.sum(jnp.where(at_t0, ct_ys, 0), axis=0)  # outputs at t0 are y0 itself
+    if not times:
+        return gp, a, None
     # d y(t_j) / d t_j = f(t_j, y_j); d y(t_j) / d t_0 = -(dy(t_j)/dy0) f(t_0, y_0).
     fs = jax.vmap(lambda t, y: f(t, y, (params, ctx)))(ts, ys)
     ct_ts = jnp.sum((ct_ys * fs).reshape(ts.shape[0], -1), axis=1)
@@ -289,20 +292,27 @@ def rk_solve(func, y0, ts, args, *, solver: str, rtol: float, atol: float, max_s
         ys, stats, _ = _forward(f, pair, (pf, ctx), y, us, rtol, atol, max_steps)
         return ys, stats
 
+    times_perturbed = []
+
     def solve_fwd(pf, ctx, y, us):
+        # (symbolic_zeros: each argument says whether it is differentiated)
+        times_perturbed.append(us.perturbed)
+        pf, ctx, y, us = jax.tree_util.tree_map(
+            lambda x: x.value, (pf, ctx, y, us),
+            is_leaf=lambda x: isinstance(x, jax.custom_derivatives.CustomVJPPrimal))
         ys, stats, steps = _forward(f, pair, (pf, ctx), y, us, rtol, atol, max_steps)
         return (ys, stats), (pf, ctx, us, steps, ys)
 
     def solve_bwd(res, cts):
         pf, ctx, us, steps, ys = res
-        ct_ys, _ = cts
-        gp, a, ct_us = _backward(f, pair, pf, ctx, us, steps, ys, ct_ys)
-        ct_ctx = jax.tree_util.tree_map(
-            lambda x: jnp.zeros_like(x) if eqx.is_inexact_array(x)
-            else np.zeros(np.shape(x), jax.dtypes.float0), ctx)
-        return gp, ct_ctx, a, ct_us
+        ct_ys = cts[0]
+        if isinstance(ct_ys, jax.custom_derivatives.SymbolicZero):
+            ct_ys = jnp.zeros(ct_ys.shape, ct_ys.dtype)
+        gp, a, ct_us = _backward(f, pair, pf, ctx, us, steps, ys, ct_ys,
+                                 times=times_perturbed[-1])
+        return gp, None, a, ct_us
 
-    solve.defvjp(solve_fwd, solve_bwd)
+    solve.defvjp(solve_fwd, solve_bwd, symbolic_zeros=True)
     flat_ys, stats = solve(floats, (others, sign), flat_y0, us)
     # integer statistics carry no tangent (Equinox's runtime checks read them under AD)
     stats = EngineStats(*(jax.lax.stop_gradient(x) for x in stats))
