@@ -125,6 +125,9 @@ def test_engine_choice_and_reasons():
                     (dict(engine="diffrax"), "asked for")]:
         which, reason = pick(**kw)
         assert which == "diffrax" and why in reason, (kw, reason)
+    under_vmap = []
+    jax.vmap(lambda y: under_vmap.append(pick(y0=y)) or y)(jnp.ones((3, 2)))
+    assert under_vmap[0][0] == "diffrax" and "vmapped" in under_vmap[0][1]
     with pytest.raises(nodekit.InputError, match="engine='nodekit' cannot solve with adjoint 'backsolve'"):
         nodekit.odeint(_linear, y0, jnp.linspace(0, 1, 3), args=jnp.asarray(A),
                        adjoint="backsolve", engine="nodekit")
