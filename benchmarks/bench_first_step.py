@@ -58,10 +58,6 @@ def probe(spec: dict) -> dict:
     from nodekit._train import initial_state, make_step
 
     t_import = time.perf_counter() - t0
-    if spec.get("checkpoints_none"):
-        import nodekit._odeint
-
-        nodekit._odeint.auto_checkpoints = lambda *a, **k: None  # Diffrax's default
     if "eval_cache" in spec:
         return probe_eval_cache(spec)
     cfg = validate(spiral_raw(**spec.get("solver", {})))
@@ -228,7 +224,10 @@ def bench_levers(quick: bool):
               {"solver": {}, "eval": True}, None)]
     if not quick:
         specs += [
-            ("checkpoints None (Diffrax's binomial default; nodekit before)", {"checkpoints_none": True}, None),
+            ("solver.engine diffrax (the opt-out: the solve on Diffrax's loop)",
+             {"solver": {"engine": "diffrax"}}, None),
+            ("solver.checkpoints null (Diffrax with its binomial checkpoints)",
+             {"solver": {"checkpoints": None}}, None),
             ("XLA_FLAGS=--xla_cpu_use_thunk_runtime=false", {"solver": {}},
              {"XLA_FLAGS": "--xla_cpu_use_thunk_runtime=false"}),
             ("XLA_FLAGS=--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1", {"solver": {}},
