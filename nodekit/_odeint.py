@@ -178,6 +178,10 @@ def check_field(func, t0, y0, args) -> None:
         )
 
 
+_TS_ORDER = ("ts must be strictly increasing (or strictly decreasing for a backward "
+             "solve); repeated or unsorted times were given.")
+
+
 def _check_ts(ts) -> None:
     if ts.ndim != 1 or ts.shape[0] < 2:
         raise InputError(
@@ -188,10 +192,6 @@ def _check_ts(ts) -> None:
         diffs = np.diff(np.asarray(ts))
         if not (np.all(diffs > 0) or np.all(diffs < 0)):
             raise InputError(_TS_ORDER)
-
-
-_TS_ORDER = ("ts must be strictly increasing (or strictly decreasing for a backward "
-             "solve); repeated or unsorted times were given.")
 
 
 #: Memory the `recursive` adjoint may spend on stored solver steps when `odeint` picks the
@@ -216,10 +216,14 @@ def auto_checkpoints(y0, info: _SolverInfo, max_steps: int,
     `jax.vmap` the state seen here is one sample's, but the stored steps are allocated for
     the whole batch, so the batch size is counted in (see `_vmapped_size`).
     """
-    state_bytes = sum(int(np.prod(np.shape(x))) * jnp.result_type(x).itemsize * _vmapped_size(x)
-                      for x in jax.tree_util.tree_leaves(y0))
-    per_step = max(1, state_bytes * (info.evals_per_step + 5))
+    per_step = max(1, _state_bytes(y0) * (info.evals_per_step + 5))
     return max_steps if max_steps * per_step <= budget else None
+
+
+def _state_bytes(y0) -> int:
+    """Bytes of the state, counting the copies the enclosing `jax.vmap`s make."""
+    return sum(int(np.prod(np.shape(x))) * jnp.result_type(x).itemsize * _vmapped_size(x)
+               for x in jax.tree_util.tree_leaves(y0))
 
 
 def _vmapped_size(x) -> int:
@@ -261,8 +265,7 @@ def engine_for(engine: str, *, solver: str, adjoint: str, dt0, integrals, checkp
 
     leaves = jax.tree_util.tree_leaves(y0)
     dtypes = {jnp.result_type(x) for x in leaves}
-    state_bytes = sum(int(np.prod(np.shape(x))) * jnp.result_type(x).itemsize * _vmapped_size(x)
-                      for x in leaves)
+    state_bytes = _state_bytes(y0)
     if solver not in PAIRS:
         why = f"solver {solver!r} (the engine has {', '.join(PAIRS)})"
     elif adjoint != "recursive":
@@ -271,16 +274,14 @@ def engine_for(engine: str, *, solver: str, adjoint: str, dt0, integrals, checkp
         why = "a fixed step dt0 (the engine is adaptive)"
     elif integrals is not None:
         why = "integrals accumulated on the step grid (regularisers)"
-    elif checkpoints not in ("auto", max_steps) and not (
-            isinstance(checkpoints, int) and checkpoints >= max_steps):
+    elif not (checkpoints == "auto" or (isinstance(checkpoints, int) and checkpoints >= max_steps)):
         why = f"checkpoints={checkpoints!r} (the engine stores every step)"
     elif max_steps * state_bytes > CHECKPOINT_BUDGET_BYTES:
         why = (f"max_steps={max_steps} stored states of {state_bytes} bytes exceed "
                f"{CHECKPOINT_BUDGET_BYTES // 2**20} MiB")
     elif len(dtypes) != 1 or not all(jnp.issubdtype(d, jnp.floating) for d in dtypes):
         why = "a state that is not of one floating dtype"
-    elif engine == "auto" and state_bytes > sum(
-            int(np.prod(np.shape(x))) * jnp.result_type(x).itemsize for x in leaves):
+    elif engine == "auto" and any(_vmapped_size(x) > 1 for x in leaves):
         # Under vmap every sample's loop runs until the slowest is done and each stored
         # step becomes a scatter: measured slower than Diffrax's loop on the spiral
         # (1.65 vs 1.34 ms a step), so auto keeps Diffrax; engine="nodekit" still runs.
@@ -393,8 +394,8 @@ def odeint(
       checkpoints, least memory, more recomputation); or a number.
     - `engine`: `"auto"` (default) solves with nodekit's own Runge–Kutta engine where it
       applies — `dopri5`/`tsit5`, adaptive, `adjoint="recursive"`, every step stored,
-      not under `jax.vmap` — and with Diffrax otherwise (`engine_for` says which and why); `"diffrax"` always
-      uses Diffrax; `"nodekit"` insists on the engine. Both give the same solution to
+      not under `jax.vmap` — and with Diffrax otherwise (`engine_for` says which and
+      why); `"diffrax"` always uses Diffrax; `"nodekit"` insists on the engine. Both give the same solution to
       the tolerance and the same gradients (those of the discretised solve with step
       sizes held fixed); the engine's training step is faster and compiles sooner (see
       `nodekit._rk` and benchmarks/RESULTS.md).

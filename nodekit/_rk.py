@@ -119,12 +119,11 @@ class EngineStats(NamedTuple):
 # ------------------------------------------------------------------ one step
 
 
-def _stages(f, pair: Pair, t, y, h, k0, params, last: bool = True):
+def _stages(f, pair: Pair, t, y, h, k0, params):
     """The field at every stage of one step from `(t, y)` (rows of the result), given
-    the first stage `k0`. `last=False` skips the final (FSAL) stage."""
-    s = len(pair.c)
+    the first stage `k0`."""
     ks = [k0]
-    for i in range(1, s if last else s - 1):
+    for i in range(1, len(pair.c)):
         yi = y + h * sum(float(pair.a[i, j]) * ks[j] for j in range(i) if pair.a[i, j] != 0)
         ks.append(f(t + float(pair.c[i]) * h, yi, params))
     return jnp.stack(ks)
@@ -266,8 +265,9 @@ def rk_solve(func, y0, ts, args, *, solver: str, rtol: float, atol: float, max_s
     """Solve `dy/dt = func(t, y, args)` with the engine; returns `(ys, EngineStats)`.
 
     `func` may close over arrays (they are differentiated like explicit arguments),
-    `y0` is any pytree of floating arrays of one dtype, `ts` is 1-D and strictly
-    monotonic. Failures come back in `stats.result` (Diffrax's codes)."""
+    `y0` is any pytree of floating arrays of one dtype, `ts` is 1-D and monotonic
+    (times equal to `ts[0]` return `y0`). Failures come back in `stats.result`
+    (Diffrax's codes)."""
     pair = PAIRS[solver]
     flat_y0, unravel = ravel_pytree(y0)
     sign = jax.lax.stop_gradient(jnp.where(ts[-1] >= ts[0], 1.0, -1.0).astype(ts.dtype))
