@@ -279,26 +279,18 @@ def bench_spiral(repeats: int, warmup: int, adjoint_too: bool, train_loop_too: b
             from nodekit._compiled_step import CompiledStep
             from nodekit._train import step_body
 
-            with CompileEvents() as ev2:
-                cs = CompiledStep(step_body(task.loss, optim), model, opt_state, batches[0],
-                                  jax.random.PRNGKey(1), cache_dir=None, key_material=None)
-                flat = NodekitTrainer(cs, model, opt_state, flat=True)
-                flat.step(batches[0])
-            flat.record()
-            contenders["nodekit train loop (flat jit)"] = flat
-            firsts["nodekit train loop (flat jit)"] = ev2
-            losses["nodekit train loop (flat jit)"] = (task.loss, model)
-            # the same train-loop step with the solve on Diffrax (solver.engine: diffrax)
+            # the train loop's flat step, and the same step with the solve on Diffrax
             _, task_d, model_d, opt_d, _, optim_d = spiral_setup(engine="diffrax")
-            with CompileEvents() as ev3:
-                cs_d = CompiledStep(step_body(task_d.loss, optim_d), model_d, opt_d, batches[0],
-                                    jax.random.PRNGKey(1), cache_dir=None, key_material=None)
-                flat_d = NodekitTrainer(cs_d, model_d, opt_d, flat=True)
-                flat_d.step(batches[0])
-            flat_d.record()
-            contenders[ENGINE_OFF] = flat_d
-            firsts[ENGINE_OFF] = ev3
-            losses[ENGINE_OFF] = (task_d.loss, model_d)
+            setups = {"nodekit train loop (flat jit)": (task, model, opt_state, optim),
+                      ENGINE_OFF: (task_d, model_d, opt_d, optim_d)}
+            for name, (t_, m_, o_, opt_) in setups.items():
+                with CompileEvents() as ev_:
+                    cs = CompiledStep(step_body(t_.loss, opt_), m_, o_, batches[0],
+                                      jax.random.PRNGKey(1), cache_dir=None, key_material=None)
+                    flat = NodekitTrainer(cs, m_, o_, flat=True)
+                    flat.step(batches[0])
+                flat.record()
+                contenders[name], firsts[name], losses[name] = flat, ev_, (t_.loss, m_)
         except ImportError as e:
             notes.append(f"train-loop row skipped: {e}")
 
