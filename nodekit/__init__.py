@@ -34,9 +34,9 @@ if TYPE_CHECKING:
         NeuralODE as NeuralODE,
         Solution as Solution,
     )
+    from ._diffrax_solve import RK4 as RK4
     from ._odeint import (
         ADJOINTS as ADJOINTS,
-        RK4 as RK4,
         SOLVERS as SOLVERS,
         SolveStats as SolveStats,
         odeint as odeint,
@@ -59,7 +59,8 @@ if TYPE_CHECKING:
 _LAZY = {
     **{n: ("._errors", n) for n in ("CheckpointError", "ConfigError", "InputError", "NodekitError",
                                      "SolverError", "TrainingFault")},
-    **{n: ("._odeint", n) for n in ("ADJOINTS", "RK4", "SOLVERS", "SolveStats", "odeint")},
+    **{n: ("._odeint", n) for n in ("ADJOINTS", "SOLVERS", "SolveStats", "odeint")},
+    "RK4": ("._diffrax_solve", "RK4"),
     **{n: ("._fields", n) for n in ("ACTIVATIONS", "AbstractVectorField", "FunctionField", "MLPField",
                                      "SecondOrderField")},
     **{n: ("._neural_ode", n) for n in ("BATCH_MODES", "NeuralODE", "Solution")},

@@ -220,3 +220,13 @@ def solver_failure_message(
             "is not stiff."
         )
     return f"the ODE solve failed with {where}{tol}: {result}."
+
+
+#: Solver result codes by position, as Diffrax numbers them (`diffrax.RESULTS`), so a code
+#: from either engine reads the same. Written out here so that reading a code does not
+#: import Diffrax; tests/test_engine.py checks the list against Diffrax's.
+RESULT_NAMES = (
+    "successful", "max_steps_reached", "singular", "breakdown", "stagnation", "conlim",
+    "nonfinite_input", "nonlinear_max_steps_reached", "nonlinear_divergence", "nonfinite",
+    "dt_min_reached", "event_occurred", "max_steps_rejected", "internal_error",
+)

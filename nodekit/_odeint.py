@@ -1,75 +1,49 @@
-"""`odeint`: a functional ODE solve on Diffrax, with solvers, adjoints and controllers
-chosen by name, solver statistics, and errors that say what to do."""
+"""`odeint`: a functional ODE solve, with solvers, adjoints and controllers chosen by
+name, solver statistics, and errors that say what to do. The solve runs on nodekit's own
+engine (`nodekit._rk`) where it applies and on Diffrax otherwise (`nodekit._diffrax_solve`,
+imported only then)."""
 
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, ClassVar, NamedTuple
+from typing import Any, Callable, NamedTuple
 
-import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._errors import InputError, SolverError, solver_failure_message, unknown_name_message
-from ._quadrature import StepQuadrature, state_norm, with_root_tolerances
-
-
-_rk4_tableau = diffrax.ButcherTableau(
-    c=np.array([0.5, 0.5, 1.0]),
-    b_sol=np.array([1 / 6, 1 / 3, 1 / 3, 1 / 6]),
-    b_error=np.zeros(4),
-    a_lower=(np.array([0.5]), np.array([0.0, 0.5]), np.array([0.0, 0.0, 1.0])),
-)
-
-
-class RK4(diffrax.AbstractERK):
-    """The classical fourth-order Runge–Kutta method (fixed step only: no error
-    estimate). A Diffrax solver; `nodekit.odeint(..., solver="rk4", dt0=0.01)` uses it.
-
-    **Example:**
-
-    ```python
-    sol = diffrax.diffeqsolve(diffrax.ODETerm(f), nodekit.RK4(), 0.0, 1.0, 0.01, y0)
-    ```
-    """
-
-    tableau: ClassVar[diffrax.ButcherTableau] = _rk4_tableau
-    interpolation_cls: ClassVar[Callable[..., diffrax.AbstractLocalInterpolation]] = (
-        diffrax.ThirdOrderHermitePolynomialInterpolation.from_k
-    )
-
-    def order(self, terms):
-        return 4
+from ._errors import (RESULT_NAMES, InputError, SolverError, solver_failure_message,
+                      unknown_name_message)
 
 
 class _SolverInfo(NamedTuple):
-    cls: type
+    class_name: str  # the Diffrax solver class (`RK4` is nodekit's), imported on use
     adaptive: bool  # has an embedded error estimate
     evals_per_step: int  # vector-field evaluations per attempted step
     fsal: bool  # first-same-as-last: one extra evaluation at the start
 
+    @property
+    def cls(self) -> type:
+        from ._diffrax_solve import solver_class
 
-def _info(cls: type, adaptive: bool) -> _SolverInfo:
-    tableau = cls.tableau
-    stages = len(tableau.c) + 1
-    fsal = bool(getattr(tableau, "fsal", False))
-    return _SolverInfo(cls, adaptive, stages - 1 if fsal else stages, fsal)
+        return solver_class(self.class_name)
 
 
-#: Solvers by name. `adaptive` solvers accept `dt0=None` (PID step-size control).
+#: Solvers by name. `adaptive` solvers accept `dt0=None` (PID step-size control). The
+#: evaluation counts are those of the solvers' tableaux (checked against Diffrax's in
+#: tests/test_odeint.py), written out so that naming a solver does not import Diffrax.
 SOLVERS: dict[str, _SolverInfo] = {
-    "euler": _SolverInfo(diffrax.Euler, False, 1, False),
-    "midpoint": _info(diffrax.Midpoint, True),
-    "heun": _info(diffrax.Heun, True),
-    "ralston": _info(diffrax.Ralston, True),
-    "rk4": _info(RK4, False),
-    "bosh3": _info(diffrax.Bosh3, True),
-    "dopri5": _info(diffrax.Dopri5, True),
-    "tsit5": _info(diffrax.Tsit5, True),
-    "dopri8": _info(diffrax.Dopri8, True),
-    "kvaerno5": _info(diffrax.Kvaerno5, True),
+    "euler": _SolverInfo("Euler", False, 1, False),
+    "midpoint": _SolverInfo("Midpoint", True, 2, False),
+    "heun": _SolverInfo("Heun", True, 2, False),
+    "ralston": _SolverInfo("Ralston", True, 2, False),
+    "rk4": _SolverInfo("RK4", False, 4, False),
+    "bosh3": _SolverInfo("Bosh3", True, 3, True),
+    "dopri5": _SolverInfo("Dopri5", True, 6, True),
+    "tsit5": _SolverInfo("Tsit5", True, 6, True),
+    "dopri8": _SolverInfo("Dopri8", True, 13, True),
+    "kvaerno5": _SolverInfo("Kvaerno5", True, 6, True),
 }
 
 #: Adjoint (gradient) methods by name.
@@ -80,7 +54,6 @@ ADJOINTS = ("recursive", "backsolve", "direct")
 #: saying why it cannot).
 ENGINES = ("auto", "diffrax", "nodekit")
 
-_RESULT_NAMES = list(diffrax.RESULTS._name_to_item.keys())
 
 
 class SolveStats(eqx.Module):
@@ -116,10 +89,10 @@ class SolveStats(eqx.Module):
 
 def result_name(code: int) -> str:
     """The Diffrax result name for an integer result code (`0 -> 'successful'`)."""
-    return _RESULT_NAMES[int(code)]
+    return RESULT_NAMES[int(code)]
 
 
-def get_solver(name: str) -> diffrax.AbstractSolver:
+def get_solver(name: str):
     """A Diffrax solver instance from its nodekit name (see `SOLVERS`)."""
     if name not in SOLVERS:
         raise InputError(unknown_name_message("solver", name, list(SOLVERS)))
@@ -294,42 +267,6 @@ def engine_for(engine: str, *, solver: str, adjoint: str, dt0, integrals, checkp
     return "diffrax", why
 
 
-def make_adjoint(name: str, solver, controller, checkpoints: int | None = None) -> diffrax.AbstractAdjoint:
-    """A Diffrax adjoint from its nodekit name.
-
-    - `recursive`: backpropagate through the solver's operations, storing `checkpoints`
-      solver steps (`None`: Diffrax's binomial checkpointing, memory O(log steps), with
-      recomputation; see `auto_checkpoints`). Exact gradients of the discretised solve.
-    - `backsolve`: the continuous adjoint (solve the adjoint ODE backwards; memory
-      O(1) in the number of steps; gradients accurate to the solver tolerance).
-    - `direct`: backpropagate through the solve without checkpointing (supports
-      forward-mode autodiff, e.g. `jax.jvp`, at a higher memory cost).
-    """
-    if name == "recursive":
-        return diffrax.RecursiveCheckpointAdjoint(checkpoints=checkpoints)
-    if name == "backsolve":
-        return diffrax.BacksolveAdjoint(solver=solver, stepsize_controller=controller)
-    if name == "direct":
-        return diffrax.DirectAdjoint()
-    raise InputError(unknown_name_message("adjoint", name, ADJOINTS))
-
-
-def _stats(sol, info: _SolverInfo, adaptive: bool, dt0_given: bool) -> SolveStats:
-    num_steps = sol.stats["num_steps"]
-    init = 0
-    if info.fsal:
-        init += 1
-    if adaptive and not dt0_given:
-        init += 2  # the controller's first-step guess evaluates the field twice
-    return SolveStats(
-        nfe=init + info.evals_per_step * num_steps,
-        num_steps=num_steps,
-        num_accepted=sol.stats["num_accepted_steps"],
-        num_rejected=sol.stats["num_rejected_steps"],
-        result=sol.result._value,
-    )
-
-
 def _raise_on_failure(ys, stats: SolveStats, message_kwargs: dict):
     result = stats.result
     if not _is_tracer(result):
@@ -338,7 +275,7 @@ def _raise_on_failure(ys, stats: SolveStats, message_kwargs: dict):
         if bad.size:
             raise SolverError(solver_failure_message(result_name(bad[0]), **message_kwargs))
         return ys
-    messages = [solver_failure_message(n, **message_kwargs) for n in _RESULT_NAMES]
+    messages = [solver_failure_message(n, **message_kwargs) for n in RESULT_NAMES]
     first = jax.tree_util.tree_leaves(ys)[0]
     first = eqx.branched_error_if(first, result != 0, result, messages)
     leaves, treedef = jax.tree_util.tree_flatten(ys)
@@ -465,63 +402,28 @@ def _odeint(func, y0, ts, *, solver, rtol, atol, dt0, adjoint, max_steps, args,
     if not jnp.issubdtype(ts.dtype, jnp.floating):
         ts = ts.astype(jnp.result_type(float))
     _check_ts(ts)
-    t0, t1 = ts[0], ts[-1]
     if check:
-        check_field(func, t0, y0, args)
-    message_kwargs = dict(solver=solver, rtol=rtol, atol=atol, max_steps=max_steps)
+        check_field(func, ts[0], y0, args)
     if which == "nodekit":
         from ._rk import rk_solve
 
         if _is_tracer(ts):  # the check Diffrax's SaveAt makes at run time (repeats pass)
             d = jnp.diff(ts)
             ts = eqx.error_if(ts, ~(jnp.all(d >= 0) | jnp.all(d <= 0)), _TS_ORDER)
-
-        ys, s = rk_solve(func, y0, ts, args, solver=solver, rtol=rtol, atol=atol,
-                         max_steps=max_steps)
-        stats = SolveStats(nfe=s.nfe, num_steps=s.num_steps, num_accepted=s.num_accepted,
-                           num_rejected=s.num_rejected, result=s.result)
-        if throw:
-            ys = _raise_on_failure(ys, stats, message_kwargs)
-        return (ys, stats) if return_stats else ys
-
-    if adjoint == "backsolve" and not isinstance(func, eqx.Module):
-        # The continuous adjoint differentiates only explicit inputs: turn arrays a
-        # closure captures (e.g. a vmapped field's parameters) into explicit leaves.
-        func = eqx.filter_closure_convert(func, t0, y0, args)
-    term = diffrax.ODETerm(func)
-    solver_obj = info.cls()
-    if dt0 is None:
-        controller = diffrax.PIDController(rtol=rtol, atol=atol)
+        ys, counts = rk_solve(func, y0, ts, args, solver=solver, rtol=rtol, atol=atol,
+                              max_steps=max_steps)
+        counts = counts._asdict()
     else:
-        controller = diffrax.ConstantStepSize()
-        dt0 = jnp.where(t1 >= t0, jnp.abs(dt0), -jnp.abs(dt0))
-    forward_solver, forward_controller = solver_obj, controller
-    if integrals == "trapezoid":
-        solver_obj = with_root_tolerances(solver_obj, rtol, atol)
-        forward_solver = StepQuadrature(solver_obj)
-    if integrals is not None and dt0 is None:
-        forward_controller = diffrax.PIDController(rtol=rtol, atol=atol, norm=state_norm)
-    sol = diffrax.diffeqsolve(
-        term,
-        forward_solver,
-        t0,
-        t1,
-        dt0,
-        y0,
-        args=args,
-        saveat=diffrax.SaveAt(ts=ts),
-        stepsize_controller=forward_controller,
-        adjoint=make_adjoint(adjoint, solver_obj, controller, checkpoints),
-        max_steps=max_steps,
-        throw=False,
-    )
-    stats = _stats(sol, info, adaptive=dt0 is None, dt0_given=dt0 is not None)
-    ys = sol.ys
+        from ._diffrax_solve import diffrax_solve
+
+        ys, counts = diffrax_solve(func, y0, ts, args, info=info, rtol=rtol, atol=atol, dt0=dt0,
+                                   adjoint=adjoint, max_steps=max_steps,
+                                   checkpoints=checkpoints, integrals=integrals)
+    stats = SolveStats(**counts)
     if throw:
-        ys = _raise_on_failure(ys, stats, message_kwargs)
-    if return_stats:
-        return ys, stats
-    return ys
+        ys = _raise_on_failure(ys, stats, dict(solver=solver, rtol=rtol, atol=atol,
+                                               max_steps=max_steps))
+    return (ys, stats) if return_stats else ys
 
 
 def odeint_step_quadrature(func, y0, ts, *, integrals: str = "trapezoid", **kwargs):

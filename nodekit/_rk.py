@@ -31,12 +31,13 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
+
+from ._errors import RESULT_NAMES
 
 
 class Pair(NamedTuple):
@@ -55,14 +56,47 @@ class Pair(NamedTuple):
     error_order: int
 
 
-def _from_diffrax(tableau, dense: np.ndarray, error_order: int) -> Pair:
-    s = len(tableau.c) + 1
+def _pair(c, a_lower, b, b_hat, dense: np.ndarray, error_order: int) -> Pair:
+    s = len(b)
     a = np.zeros((s, s))
-    for i, row in enumerate(tableau.a_lower):
+    for i, row in enumerate(a_lower):
         a[i + 1, : len(row)] = row
-    c = np.concatenate([[0.0], tableau.c])
-    return Pair(c, a, np.asarray(tableau.b_sol, float), np.asarray(tableau.b_error, float),
-                dense, error_order)
+    b = np.asarray(b, float)
+    return Pair(np.asarray(c, float), a, b, b - np.asarray(b_hat, float), dense, error_order)
+
+
+# Dormand & Prince (1980): the fifth-order solution `b` (also the last row of `a`: FSAL)
+# and, for the error estimate, the embedded fourth-order weights `b_hat` that Diffrax and
+# torchdiffeq use (not the paper's 5179/57600, ...: this estimate is 2/3 of that one), so
+# step counts match theirs.
+_DOPRI5_C = [0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1, 1]
+_DOPRI5_B = [35 / 384, 0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84, 0]
+_DOPRI5_A = [
+    [1 / 5],
+    [3 / 40, 9 / 40],
+    [44 / 45, -56 / 15, 32 / 9],
+    [19372 / 6561, -25360 / 2187, 64448 / 6561, -212 / 729],
+    [9017 / 3168, -355 / 33, 46732 / 5247, 49 / 176, -5103 / 18656],
+    _DOPRI5_B[:6],
+]
+_DOPRI5_B_HAT = [1951 / 21600, 0, 22642 / 50085, 451 / 720, -12231 / 42400, 649 / 6300, 1 / 60]
+
+# Tsitouras (2011), Table 1 (the coefficients to double precision).
+_TSIT5_C = [0, 0.161, 0.327, 0.9, 0.9800255409045097, 1, 1]
+_TSIT5_B = [0.09646076681806523, 0.01, 0.4798896504144996, 1.379008574103742,
+            -3.290069515436081, 2.324710524099774, 0]
+_TSIT5_A = [
+    [0.161],
+    [-0.008480655492356989, 0.335480655492357],
+    [2.8971530571054935, -6.359448489975075, 4.3622954328695815],
+    [5.325864828439257, -11.748883564062828, 7.4955393428898365, -0.09249506636175525],
+    [5.86145544294642, -12.92096931784711, 8.159367898576159, -0.071584973281401,
+     -0.028269050394068383],
+    _TSIT5_B[:6],
+]
+_TSIT5_E = [0.0017800110522257773, 0.0008164344596567463, -0.007880878010261994,
+            0.1447110071732629, -0.5823571654525552, 0.45808210592918686,
+            -0.015151515151515152]  # b - b_hat
 
 
 def _dopri5_dense(b: np.ndarray) -> np.ndarray:
@@ -99,12 +133,12 @@ def _tsit5_dense() -> np.ndarray:
 
 
 PAIRS: dict[str, Pair] = {
-    "dopri5": _from_diffrax(diffrax.Dopri5.tableau,
-                            _dopri5_dense(np.asarray(diffrax.Dopri5.tableau.b_sol, float)), 5),
-    "tsit5": _from_diffrax(diffrax.Tsit5.tableau, _tsit5_dense(), 5),
+    "dopri5": _pair(_DOPRI5_C, _DOPRI5_A, _DOPRI5_B, _DOPRI5_B_HAT,
+                    _dopri5_dense(np.asarray(_DOPRI5_B, float)), 5),
+    "tsit5": _pair(_TSIT5_C, _TSIT5_A, _TSIT5_B, np.subtract(_TSIT5_B, _TSIT5_E), _tsit5_dense(), 5),
 }
 
-_RESULT = {name: i for i, name in enumerate(diffrax.RESULTS._name_to_item.keys())}
+_RESULT = {name: i for i, name in enumerate(RESULT_NAMES)}
 SAFETY, FACTOR_MIN, FACTOR_MAX = 0.9, 0.2, 10.0
 
 

@@ -168,3 +168,50 @@ def test_engine_zero_length_and_repeated_times():
     np.testing.assert_allclose(np.asarray(ys[2:]), np.exp(-1.0) * np.array([[1, 2], [1, 2]]), rtol=1e-5)
     g = jax.grad(lambda y0: jnp.sum(solve(y0, jnp.array([0.5, 0.5]))))(y0)
     np.testing.assert_allclose(np.asarray(g), [2.0, 2.0])
+
+
+def test_written_out_constants_match_diffrax():
+    """The engine's tableaux, the result-code names and the solver table's evaluation
+    counts are written out (so a run on the engine never imports Diffrax): they must be
+    Diffrax's."""
+    import diffrax
+
+    from nodekit._errors import RESULT_NAMES
+    from nodekit._odeint import SOLVERS
+    from nodekit._rk import PAIRS
+
+    for name, cls in (("dopri5", diffrax.Dopri5), ("tsit5", diffrax.Tsit5)):
+        tab, pair = cls.tableau, PAIRS[name]
+        np.testing.assert_array_equal(pair.c[1:], tab.c)
+        np.testing.assert_array_equal(pair.b, tab.b_sol)
+        np.testing.assert_allclose(pair.e, tab.b_error, rtol=0, atol=1e-16)
+        for i, row in enumerate(tab.a_lower):
+            np.testing.assert_array_equal(pair.a[i + 1, : len(row)], row)
+    assert list(RESULT_NAMES) == list(diffrax.RESULTS._name_to_item.keys())
+    for name, info in SOLVERS.items():
+        if name == "euler":  # no tableau in Diffrax: one evaluation a step
+            assert (info.evals_per_step, info.fsal) == (1, False)
+            continue
+        tab = info.cls.tableau
+        stages = len(tab.c) + 1
+        fsal = bool(getattr(tab, "fsal", False))
+        assert (info.evals_per_step, info.fsal) == (stages - 1 if fsal else stages, fsal), name
+
+
+def test_a_training_step_on_the_engine_does_not_import_diffrax():
+    """Diffrax (with Optimistix and Lineax, ~0.3 s) is imported only when a solve falls
+    back to it: the CLI's modules and a differentiated engine solve must not pull it in."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, jax, jax.numpy as jnp, nodekit.cli, nodekit._train, nodekit\n"
+        "f = nodekit.MLPField(2, width=8, depth=1, key=jax.random.PRNGKey(0))\n"
+        "loss = lambda f: nodekit.odeint(f, jnp.ones(2), jnp.linspace(0., 1., 3),"
+        " solver='dopri5').sum()\n"
+        "import equinox; equinox.filter_grad(loss)(f)\n"
+        "print(sorted(m for m in ('diffrax', 'optimistix', 'lineax') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"
