@@ -90,30 +90,61 @@ def _versions() -> dict:
 
 
 def _load_or_export(jitted, specs, path: Path):
-    """`(callable, source)`: the function stored at `path` (`"export-cache"`), or
+    """`(callable, source, module)`: the function stored at `path` (`"export-cache"`), or
     `jitted` traced in `no_host_callbacks()`, exported and stored there
-    (`"traced+exported"`)."""
+    (`"traced+exported"`); `module` is the serialised StableHLO."""
     from jax import export
 
     if path.exists():
         try:
             exported = export.deserialize(bytearray(path.read_bytes()))
-            return jax.jit(exported.call), "export-cache"
+            return jax.jit(exported.call), "export-cache", exported.mlir_module_serialized
         except Exception:  # unreadable entry: export afresh below
             pass
     with no_host_callbacks():
         exported = export.export(jitted)(*specs)
     atomic_write_bytes(path, bytes(exported.serialize()))
-    return jax.jit(exported.call), "traced+exported"
+    return jax.jit(exported.call), "traced+exported", exported.mlir_module_serialized
 
 
-def _compile(fn, specs, source: str):
+@contextlib.contextmanager
+def _no_unused_lapack(serialized: bytes | None):
+    """Skip JAX's LAPACK set-up while lowering a loaded step that calls no LAPACK routine.
+
+    Lowering a call to an exported function on CPU first initialises JAX's LAPACK
+    bindings, which imports `scipy.linalg` (0.12-0.25 s here, most of what a warm start
+    spends after the imports). The training step of an ODE fit calls no LAPACK routine;
+    the routines' FFI targets are named in the serialised module, so the set-up is
+    kept whenever one appears (the names are jaxlib's own list of its LAPACK targets),
+    and whenever JAX's internals are not where expected."""
+    try:
+        from jax._src.export import _export
+        from jaxlib.cpu import _lapack
+
+        original = _export._ensure_backends_initialized
+        targets = [name.encode() for name in _lapack.registrations()]
+    except Exception:  # pragma: no cover - JAX internals moved: keep the set-up
+        yield
+        return
+    if serialized is None or not targets or any(t in serialized for t in targets):
+        yield
+        return
+    _export._ensure_backends_initialized = lambda platforms: None
+    try:
+        yield
+    finally:
+        _export._ensure_backends_initialized = original
+
+
+def _compile(fn, specs, source: str, serialized: bytes | None = None):
     """Trace (unless loaded) and compile now, so the timing and the scope of
     `no_host_callbacks` are both explicit. A loaded function has nothing left to trace
     in it, so it is compiled outside `no_host_callbacks` (whose `jax.clear_caches()`
-    would make every small op of the run compile again)."""
+    would make every small op of the run compile again); `serialized` is its module
+    (see `_no_unused_lapack`)."""
     if source == "export-cache":
-        return fn.lower(*specs).compile()
+        with _no_unused_lapack(serialized):
+            return fn.lower(*specs).compile()
     with no_host_callbacks():
         return fn.lower(*specs).compile()
 
@@ -179,12 +210,13 @@ class CompiledStep:
             "specs": jax.tree_util.tree_map(lambda s: [list(s.shape), str(s.dtype)], specs),
         })
         self.path = Path(cache_dir) / "steps" / f"{digest[:32]}.jaxexport"
+        module = None
         try:
-            fn, self.source = _load_or_export(self._jitted, specs, self.path)
+            fn, self.source, module = _load_or_export(self._jitted, specs, self.path)
         except Exception as e:  # the cache is an optimisation: never fail a run over it
             self.cache_error = f"{type(e).__name__}: {e}"
             fn, self.source = self._jitted, "traced"
-        self._call = _compile(fn, specs, self.source)
+        self._call = _compile(fn, specs, self.source, module)
 
     def flatten(self, model, opt_state) -> list:
         """The flat list of arrays of `(model, opt_state)`."""

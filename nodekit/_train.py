@@ -101,6 +101,11 @@ def initial_state(config: Config, model_key):
     """What a run of `config` starts from: `(task, model, optim, opt_state)` with the
     model drawn from `model_key` (before any checkpoint is resumed).
 
+    The model and optimiser state are built in one compiled call rather than op by op:
+    each eager op (every weight's `uniform`, every `zeros_like` of the optimiser state)
+    is its own small XLA program, compiled or read from the persistent cache one at a
+    time, which cost ~0.2 s of a warm run's start (benchmarks/RESULTS.md, first step).
+
     **Example:**
 
     ```python
@@ -109,9 +114,24 @@ def initial_state(config: Config, model_key):
     ```
     """
     task = make_task(config)
-    model = task.make_model(model_key)
     optim = make_optimizer(config.optimizer, config.train.steps)
-    return task, model, optim, optim.init(eqx.filter(model, eqx.is_inexact_array))
+    model, opt_state, _ = _build(task, optim, model_key, split=False)
+    return task, model, optim, opt_state
+
+
+def _build(task: AbstractTask, optim, key, *, split: bool):
+    """`(model, opt_state, train_key)` from `key` in one compiled call; with `split`, the
+    key is a seed, split into the model's key and the training key (else `train_key` is
+    None and `key` draws the model)."""
+
+    def build(key):
+        train_key = None
+        if split:
+            key, train_key = jax.random.split(jax.random.PRNGKey(key))
+        model = task.make_model(key)
+        return model, optim.init(eqx.filter(model, eqx.is_inexact_array)), train_key
+
+    return eqx.filter_jit(build)(key)
 
 
 def step_body(loss_fn: Callable, optim: optax.GradientTransformation) -> Callable:
@@ -352,8 +372,10 @@ def train(config: Config | dict | str | Path, workdir: str | Path, *, restart: b
     if config.train.compile_cache:
         enable_compile_cache()
 
-    model_key, train_key = jax.random.split(jax.random.PRNGKey(config.seed))
-    task, model, optim, opt_state = initial_state(config, model_key)
+    task = make_task(config)
+    optim = make_optimizer(config.optimizer, config.train.steps)
+    # the seed's split, the model and the optimiser state: one compiled call
+    model, opt_state, train_key = _build(task, optim, np.uint32(config.seed), split=True)
 
     start_step, best = 0, math.inf
     resumed = False
@@ -374,10 +396,11 @@ def train(config: Config | dict | str | Path, workdir: str | Path, *, restart: b
     history = _truncate_metrics(wd.metrics, start_step) if resumed else []
 
     mesh, batch_sharding, replicated = setup_devices(config)
-    model, opt_state = eqx.filter_shard((model, opt_state), replicated)
+    single = mesh.devices.size == 1
+    if not single:  # (one device: the arrays are already there)
+        model, opt_state = eqx.filter_shard((model, opt_state), replicated)
     t_step_start = time.perf_counter()  # the first step's clock: trace/load + compile + run
     example_batch = jax.device_put(task.batch(start_step), batch_sharding)
-    single = mesh.devices.size == 1
     cache_dir = enable_compile_cache() if config.train.compile_cache and single else None
     compiled = CompiledStep(step_body(task.loss, optim), model, opt_state, example_batch,
                             (train_key, np.int32(start_step)), cache_dir=cache_dir,

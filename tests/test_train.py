@@ -56,6 +56,49 @@ def test_compiled_step_export_cache_roundtrip(parts, tmp_path):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
 
 
+def _matrix_step(model, opt_state, batch, key):
+    """A step whose output solves against the `model` matrix when `opt_state` is a
+    `(1,)` array (a LAPACK call), else multiplies by it."""
+    out = jnp.linalg.solve(model, batch) if opt_state[0].shape == (1,) else model @ batch
+    return model, opt_state, {"out": out}
+
+
+_LOAD_CHILD = """
+import sys
+import jax.numpy as jnp, numpy as np
+from nodekit._compiled_step import CompiledStep
+
+a, b, key = jnp.array([[2.0, 1.0], [1.0, 3.0]]), jnp.array([1.0, 2.0]), jnp.zeros(2)
+for opt in ((jnp.zeros(2),), (jnp.zeros(1),)):  # no LAPACK first, then LAPACK
+    # (the body is never traced: a warm load runs the stored step)
+    cs = CompiledStep(None, a, opt, b, key, cache_dir=sys.argv[1], key_material={})
+    out = np.asarray(cs(cs.flatten(a, opt), b, key)[1]["out"])
+    print(cs.source, "scipy" in sys.modules, *out.tolist())
+"""
+
+
+def test_loaded_steps_set_up_lapack_only_when_they_call_it(tmp_path):
+    """A warm run skips JAX's LAPACK set-up (it imports SciPy) for a loaded step that
+    calls no LAPACK routine, and keeps it for one that does (without it the step would
+    not run). (The word is in this test's name, so in the steps' debug locations: the
+    check must look for LAPACK's call targets, not the word.)"""
+    import subprocess
+    import sys
+
+    a, b, key = jnp.array([[2.0, 1.0], [1.0, 3.0]]), jnp.array([1.0, 2.0]), jnp.zeros(2)
+    for opt in ((jnp.zeros(2),), (jnp.zeros(1),)):
+        cs = CompiledStep(_matrix_step, a, opt, b, key, cache_dir=tmp_path, key_material={})
+        assert cs.source == "traced+exported", cs.cache_error
+    lines = subprocess.run([sys.executable, "-c", _LOAD_CHILD, str(tmp_path)], capture_output=True,
+                           text=True, check=True).stdout.splitlines()
+    plain, lapack = (line.split() for line in lines)
+    assert plain[:2] == ["export-cache", "False"]
+    np.testing.assert_allclose([float(x) for x in plain[2:]], [4.0, 7.0])
+    assert lapack[:2] == ["export-cache", "True"]
+    np.testing.assert_allclose([float(x) for x in lapack[2:]],
+                               np.linalg.solve([[2, 1], [1, 3]], [1, 2]), rtol=1e-6)
+
+
 def test_training_step_has_no_host_callbacks(parts):
     cfg, task, model, optim, opt_state = parts
     from nodekit._compiled_step import no_host_callbacks
