@@ -237,7 +237,7 @@ def test_cnf_linear_matches_gaussian(linear_cnf):
         -0.5 * x @ np.linalg.solve(cov, x) - 0.5 * np.log(np.linalg.det(2 * np.pi * cov))
         for x in xs
     ]
-    logp, stats = eqx.filter_jit(jax.vmap(linear_cnf.log_prob))(jnp.asarray(xs, jnp.float32))
+    logp, stats = eqx.filter_jit(lambda x: jax.vmap(linear_cnf.log_prob)(x))(jnp.asarray(xs, jnp.float32))
     np.testing.assert_allclose(np.asarray(logp), expected, rtol=1e-5, atol=1e-4)
     assert np.all(np.asarray(stats.result) == 0) and np.all(np.asarray(stats.nfe) > 0)
     # Sampling solves the same flow backwards: the samples have covariance Σ.
