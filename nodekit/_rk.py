@@ -195,9 +195,28 @@ def _first_step(f, pair: Pair, t0, y0, f0, params, rtol, atol):
 # ------------------------------------------------------------------ forward solve
 
 
-def _forward(f, pair: Pair, params, y0, ts, rtol, atol, max_steps: int):
-    """The adaptive solve on increasing `ts`. Returns `(ys, stats, (T, H, Y, n))`: the
-    outputs at `ts`, statistics, and the accepted steps' start times, sizes and states."""
+def segment_size(max_steps: int) -> int:
+    """Accepted steps per stored segment: the power of two nearest `sqrt(max_steps)`,
+    which about minimises the states kept (`segment + max_steps / segment`)."""
+    return max(1, min(max_steps, 2 ** round(np.log2(max(max_steps, 1)) / 2)))
+
+
+class Steps(NamedTuple):
+    """What the forward solve keeps for the backward pass: every accepted step's start
+    time `T` and size `H`; the start states of the current (last) segment of `S` steps
+    in `Y` (step `j` at `j % S`); and every segment's first state in `C` (step `j` at
+    `j // S`, for `j % S == 0`); `n` the number of accepted steps."""
+
+    T: jax.Array
+    H: jax.Array
+    Y: jax.Array
+    C: jax.Array
+    n: jax.Array
+
+
+def _forward(f, pair: Pair, params, y0, ts, rtol, atol, max_steps: int, seg: int):
+    """The adaptive solve on increasing `ts`. Returns `(ys, stats, steps)`: the outputs at
+    `ts`, statistics, and the accepted steps (`Steps`, segments of `seg` steps)."""
     dtype = y0.dtype
     t0, t1 = ts[0], ts[-1]
     f0 = f(t0, y0, params)
@@ -205,17 +224,19 @@ def _forward(f, pair: Pair, params, y0, ts, rtol, atol, max_steps: int):
     # times equal to t0 (a zero-length solve, or repeats) keep y0; later ones are
     # written by the step that reaches them
     ys = jnp.where((ts <= t0).reshape((-1,) + (1,) * y0.ndim), y0[None], jnp.zeros((), dtype))
+    n_seg = -(-max_steps // seg)
     T = jnp.zeros((max_steps,), ts.dtype)
     H = jnp.zeros((max_steps,), ts.dtype)
-    Y = jnp.zeros((max_steps,) + y0.shape, dtype)
+    Y = jnp.zeros((seg,) + y0.shape, dtype)
+    C = jnp.zeros((n_seg,) + y0.shape, dtype)
     b, e = jnp.asarray(pair.b, dtype), jnp.asarray(pair.e, dtype)
 
     def cond(c):
-        t, _, _, h, _, _, _, _, n_acc, n_steps, bad = c
+        t, _, _, h, _, _, _, _, _, n_acc, n_steps, bad = c
         return (t < t1) & (n_steps < max_steps) & ~bad
 
     def body(c):
-        t, y, k0, h, ys, T, H, Y, n_acc, n_steps, bad = c
+        t, y, k0, h, ys, T, H, Y, C, n_acc, n_steps, bad = c
         h = jnp.minimum(h, t1 - t)
         K = _stages(f, pair, t, y, h, k0, params)
         y1 = y + h * jnp.tensordot(b, K, axes=1)
@@ -229,58 +250,85 @@ def _forward(f, pair: Pair, params, y0, ts, rtol, atol, max_steps: int):
         save = _in_step(ts, t, h) & accept
         dense = y[None] + h * (_dense_weights(pair, (ts - t) / h).astype(dtype) @ K)
         ys = jnp.where(save.reshape((-1,) + (1,) * y.ndim), dense, ys)
-        idx = jnp.where(accept, n_acc, max_steps)  # out of bounds: dropped
-        T = T.at[idx].set(t, mode="drop")
-        H = H.at[idx].set(h, mode="drop")
-        Y = Y.at[idx].set(y, mode="drop")
+        # out-of-bounds indices are dropped: a rejected step stores nothing
+        T = T.at[jnp.where(accept, n_acc, max_steps)].set(t, mode="drop")
+        H = H.at[jnp.where(accept, n_acc, max_steps)].set(h, mode="drop")
+        Y = Y.at[jnp.where(accept, n_acc % seg, seg)].set(y, mode="drop")
+        C = C.at[jnp.where(accept & (n_acc % seg == 0), n_acc // seg, n_seg)].set(y, mode="drop")
         t_next = jnp.where(accept, t + h, t)
         bad = (t_next + h * factor <= t_next) | ~jnp.isfinite(h * factor)
         return (t_next, jnp.where(accept, y1, y), jnp.where(accept, K[-1], k0), h * factor,
-                ys, T, H, Y, n_acc + accept, n_steps + 1, bad)
+                ys, T, H, Y, C, n_acc + accept, n_steps + 1, bad)
 
-    init = (t0, y0, f0, h0, ys, T, H, Y, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32),
+    init = (t0, y0, f0, h0, ys, T, H, Y, C, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32),
             jnp.zeros((), bool))
-    t, _, _, _, ys, T, H, Y, n_acc, n_steps, bad = jax.lax.while_loop(cond, body, init)
+    t, _, _, _, ys, T, H, Y, C, n_acc, n_steps, bad = jax.lax.while_loop(cond, body, init)
     result = jnp.where(t >= t1, _RESULT["successful"],
                        jnp.where(bad, _RESULT["nonfinite"], _RESULT["max_steps_reached"]))
     stages = len(pair.c)
     stats = EngineStats(nfe=2 + (stages - 1) * n_steps, num_steps=n_steps,
                         num_accepted=n_acc, num_rejected=n_steps - n_acc,
                         result=result.astype(jnp.int32))
-    return ys, stats, (T, H, Y, n_acc)
+    return ys, stats, Steps(T, H, Y, C, n_acc)
 
 
 # ------------------------------------------------------------------ gradient
 
 
-def _backward(f, pair: Pair, params, ctx, ts, steps, ys, ct_ys, times: bool = True):
+def _backward(f, pair: Pair, params, ctx, ts, steps: Steps, ys, ct_ys, times: bool = True):
     """Cotangents of `(params, y0, ts)` from those of `ys`, by one reverse pass over the
     stored steps (`f` takes `(params, ctx)`; `ctx` is not differentiated). With
-    `times=False` the cotangent of `ts` is None (not differentiated: no evaluations)."""
-    T, H, Y, n_acc = steps
+    `times=False` the cotangent of `ts` is None (not differentiated: no evaluations).
+
+    Segments are visited last to first. The last one's states are stored; an earlier
+    one's are recomputed from its first state along the stored step sizes (no step-size
+    control: the same grid), so a solve of more than one segment costs one extra forward
+    pass over its earlier steps, and one of at most `S` steps none."""
+    T, H, Y, C, n_acc = steps
+    seg = Y.shape[0]
     dtype = Y.dtype
     b = jnp.asarray(pair.b, dtype)
     zeros_p = jax.tree_util.tree_map(jnp.zeros_like, params)
+    pc = (params, ctx)
+    last = (n_acc - 1) // seg
 
-    def body(i, c):
-        a, gp = c
-        j = n_acc - 1 - i
-        t, h, y = T[j], H[j], Y[j]
-        mask = _in_step(ts, t, h)
-        w = _dense_weights(pair, (ts - t) / h).astype(dtype)
-
-        def step(y, p):
-            pc = (p, ctx)
+    def replay(s, count):
+        """The start states of segment `s`'s `count` steps, recomputed from `C[s]`."""
+        def one(k, c):
+            y, buf = c
+            t, h = T[s * seg + k], H[s * seg + k]
             K = _stages(f, pair, t, y, h, f(t, y, pc), pc)
-            return y + h * jnp.tensordot(b, K, axes=1), h * (w @ K)
+            return y + h * jnp.tensordot(b, K, axes=1), buf.at[k].set(y)
 
-        _, vjp = jax.vjp(step, y, params)
-        ct_dense = jnp.where(mask.reshape((-1,) + (1,) * y.ndim), ct_ys, 0)
-        # dense = y + h w K: y's share of the dense output's cotangent goes to `a` directly
-        dy, dp = vjp((a, ct_dense))
-        return dy + jnp.sum(ct_dense, axis=0), jax.tree_util.tree_map(jnp.add, gp, dp)
+        return jax.lax.fori_loop(0, count, one, (C[s], jnp.zeros_like(Y)))[1]
 
-    a, gp = jax.lax.fori_loop(0, n_acc, body, (jnp.zeros_like(ct_ys[0]), zeros_p))
+    def segment(i, c):
+        s = last - i
+        start = s * seg
+        count = jnp.minimum(seg, n_acc - start)
+        states = jax.lax.cond(i == 0, lambda: Y, lambda: replay(s, count))
+
+        def body(k, c):
+            a, gp = c
+            j = count - 1 - k
+            t, h, y = T[start + j], H[start + j], states[j]
+            mask = _in_step(ts, t, h)
+            w = _dense_weights(pair, (ts - t) / h).astype(dtype)
+
+            def step(y, p):
+                pc = (p, ctx)
+                K = _stages(f, pair, t, y, h, f(t, y, pc), pc)
+                return y + h * jnp.tensordot(b, K, axes=1), h * (w @ K)
+
+            _, vjp = jax.vjp(step, y, params)
+            ct_dense = jnp.where(mask.reshape((-1,) + (1,) * y.ndim), ct_ys, 0)
+            # dense = y + h w K: y's share of the dense output's cotangent goes to `a` directly
+            dy, dp = vjp((a, ct_dense))
+            return dy + jnp.sum(ct_dense, axis=0), jax.tree_util.tree_map(jnp.add, gp, dp)
+
+        return jax.lax.fori_loop(0, count, body, c)
+
+    a, gp = jax.lax.fori_loop(0, last + 1, segment, (jnp.zeros_like(ct_ys[0]), zeros_p))
     at_t0 = (ts <= ts[0]).reshape((-1,) + (1,) * (ct_ys.ndim - 1))
     a = a + jnp.sum(jnp.where(at_t0, ct_ys, 0), axis=0)  # outputs at t0 are y0 itself
     if not times:
@@ -295,14 +343,17 @@ def _backward(f, pair: Pair, params, ctx, ts, steps, ys, ct_ys, times: bool = Tr
 # ------------------------------------------------------------------ public entry
 
 
-def rk_solve(func, y0, ts, args, *, solver: str, rtol: float, atol: float, max_steps: int):
+def rk_solve(func, y0, ts, args, *, solver: str, rtol: float, atol: float, max_steps: int,
+             segment: int | None = None):
     """Solve `dy/dt = func(t, y, args)` with the engine; returns `(ys, EngineStats)`.
 
     `func` may close over arrays (they are differentiated like explicit arguments),
     `y0` is any pytree of floating arrays of one dtype, `ts` is 1-D and monotonic
     (times equal to `ts[0]` return `y0`). Failures come back in `stats.result`
-    (Diffrax's codes)."""
+    (Diffrax's codes). The gradient keeps the states of `segment` steps (default
+    `segment_size(max_steps)`) and one state per segment (see `_backward`)."""
     pair = PAIRS[solver]
+    seg = segment_size(max_steps) if segment is None else max(1, min(int(segment), max_steps))
     flat_y0, unravel = ravel_pytree(y0)
     sign = jax.lax.stop_gradient(jnp.where(ts[-1] >= ts[0], 1.0, -1.0).astype(ts.dtype))
     conv = eqx.filter_closure_convert(func, ts[0], y0, args)
@@ -323,7 +374,7 @@ def rk_solve(func, y0, ts, args, *, solver: str, rtol: float, atol: float, max_s
 
     @jax.custom_vjp
     def solve(pf, ctx, y, us):
-        ys, stats, _ = _forward(f, pair, (pf, ctx), y, us, rtol, atol, max_steps)
+        ys, stats, _ = _forward(f, pair, (pf, ctx), y, us, rtol, atol, max_steps, seg)
         return ys, stats
 
     times_perturbed = []
@@ -334,7 +385,7 @@ def rk_solve(func, y0, ts, args, *, solver: str, rtol: float, atol: float, max_s
         pf, ctx, y, us = jax.tree_util.tree_map(
             lambda x: x.value, (pf, ctx, y, us),
             is_leaf=lambda x: isinstance(x, jax.custom_derivatives.CustomVJPPrimal))
-        ys, stats, steps = _forward(f, pair, (pf, ctx), y, us, rtol, atol, max_steps)
+        ys, stats, steps = _forward(f, pair, (pf, ctx), y, us, rtol, atol, max_steps, seg)
         return (ys, stats), (pf, ctx, us, steps, ys)
 
     def solve_bwd(res, cts):
