@@ -225,16 +225,16 @@ def engine_for(engine: str, *, solver: str, adjoint: str, dt0, integrals, checkp
 
     nodekit's engine (`nodekit._rk`) covers the solve training spends its time in: an
     adaptive `dopri5` or `tsit5` solve (no `dt0`) differentiated by backpropagation
-    (`adjoint="recursive"`) with every step stored (`checkpoints` `"auto"` or at least
-    `max_steps`, and `max_steps` states within `CHECKPOINT_BUDGET_BYTES`), of a state of
-    one floating dtype, without step quadratures, and (for `"auto"`) not under `jax.vmap`
-    (a batch solved per sample; the joint mode is one solve). Everything else goes to
-    Diffrax."""
+    (`adjoint="recursive"`, `checkpoints` `"auto"` or at least `max_steps`; the engine
+    keeps about `2 sqrt(max_steps)` states, which must fit in `CHECKPOINT_BUDGET_BYTES`),
+    of a state of one floating dtype, without step quadratures, and (for `"auto"`) not
+    under `jax.vmap` (a batch solved per sample; the joint mode is one solve). Everything
+    else goes to Diffrax."""
     if engine not in ENGINES:
         raise InputError(unknown_name_message("engine", engine, ENGINES))
     if engine == "diffrax":
         return "diffrax", "engine='diffrax' was asked for"
-    from ._rk import PAIRS
+    from ._rk import PAIRS, engine_states
 
     leaves = jax.tree_util.tree_leaves(y0)
     dtypes = {jnp.result_type(x) for x in leaves}
@@ -249,9 +249,9 @@ def engine_for(engine: str, *, solver: str, adjoint: str, dt0, integrals, checkp
         why = "integrals accumulated on the step grid (regularisers)"
     elif not (checkpoints == "auto" or (isinstance(checkpoints, int) and checkpoints >= max_steps)):
         why = f"checkpoints={checkpoints!r} (the engine stores every step)"
-    elif max_steps * state_bytes > CHECKPOINT_BUDGET_BYTES:
-        why = (f"max_steps={max_steps} stored states of {state_bytes} bytes exceed "
-               f"{CHECKPOINT_BUDGET_BYTES // 2**20} MiB")
+    elif (kept := engine_states(max_steps)) * state_bytes > CHECKPOINT_BUDGET_BYTES:
+        why = (f"the engine's {kept} stored states of {state_bytes} bytes (max_steps="
+               f"{max_steps}) exceed {CHECKPOINT_BUDGET_BYTES // 2**20} MiB")
     elif len(dtypes) != 1 or not all(jnp.issubdtype(d, jnp.floating) for d in dtypes):
         why = "a state that is not of one floating dtype"
     elif engine == "auto" and any(_vmapped_size(x) > 1 for x in leaves):
@@ -325,16 +325,19 @@ def odeint(
       `throw=False`, failures come back in `stats.result` (use it in batched training).
     - `check`: check the field's output shape against `y0` before compiling.
     - `checkpoints`: solver steps the `recursive` adjoint stores for the backward pass.
-      `"auto"` (default) stores every step when they fit in `CHECKPOINT_BUDGET_BYTES`
-      (16 MiB), so small problems backpropagate without recomputing the forward solve
-      (see `auto_checkpoints`); `None` is Diffrax's default (about log2(max_steps)
-      checkpoints, least memory, more recomputation); or a number.
+      `"auto"` (default): on Diffrax, every step when they fit in
+      `CHECKPOINT_BUDGET_BYTES` (16 MiB), so small problems backpropagate without
+      recomputing the forward solve (see `auto_checkpoints`); on the engine, its own
+      scheme (the last `sqrt(max_steps)` steps and one state per segment: no recomputation
+      for solves that short, one extra forward pass over the earlier steps of longer ones).
+      `None` is Diffrax's default (about log2(max_steps) checkpoints, least memory, more
+      recomputation); or a number (Diffrax).
     - `engine`: `"auto"` (default) solves with nodekit's own Runge–Kutta engine where it
-      applies — `dopri5`/`tsit5`, adaptive, `adjoint="recursive"`, every step stored,
-      not under `jax.vmap` — and with Diffrax otherwise (`engine_for` says which and
-      why); `"diffrax"` always uses Diffrax; `"nodekit"` insists on the engine. Both give the same solution to
-      the tolerance and the same gradients (those of the discretised solve with step
-      sizes held fixed); the engine's training step is faster and compiles sooner (see
+      applies — `dopri5`/`tsit5`, adaptive, `adjoint="recursive"`, not under `jax.vmap` —
+      and with Diffrax otherwise (`engine_for` says which and why); `"diffrax"` always
+      uses Diffrax; `"nodekit"` insists on the engine. Both give the same solution to the
+      tolerance and the same gradients (those of the discretised solve with step sizes
+      held fixed); the engine's training step is faster and compiles sooner (see
       `nodekit._rk` and benchmarks/RESULTS.md).
 
     **Returns:**
