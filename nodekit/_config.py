@@ -125,8 +125,9 @@ class SolverConfig(_Strict):
     max_steps: PosInt = Field(4096, le=10_000_000)
     batch_mode: str = "vmap"
     checkpoints: Union[PosInt, Literal["auto"], None] = Field(
-        "auto", description="solver steps the recursive adjoint stores: 'auto' (every step "
-        "when they fit in 16 MiB), null (Diffrax's log2(max_steps)), or a count")
+        "auto", description="solver steps the recursive adjoint stores: 'auto' (the "
+        "engine's ~2 sqrt(max_steps) states; on Diffrax every step when they fit in 16 MiB), "
+        "null (Diffrax's log2(max_steps)), or a count (Diffrax)")
     engine: str = Field(
         "auto", description="who integrates: 'auto' (nodekit's Runge-Kutta engine for "
         "adaptive dopri5/tsit5 with the recursive adjoint, else Diffrax), 'diffrax' (opt "
