@@ -250,6 +250,7 @@ def test_backsolve_differentiates_closed_over_parameters():
         assert tree_allclose(g_back, g_rec, rtol=1e-6, atol=1e-9)
 
 
+@pytest.mark.slow  # three Diffrax backward compiles (~20 s on 2 cores)
 def test_checkpoint_choices_give_the_same_gradients(field):
     """`checkpoints` changes memory and recomputation, never the result: 'auto' (every
     step stored), None (Diffrax's binomial scheme) and a small count agree."""
@@ -262,8 +263,13 @@ def test_checkpoint_choices_give_the_same_gradients(field):
     grads = [eqx.filter_grad(loss)(field, c) for c in ("auto", None, 3)]
     assert tree_allclose(grads[0], grads[1], rtol=1e-5, atol=1e-7)
     assert tree_allclose(grads[0], grads[2], rtol=1e-5, atol=1e-7)
-    with pytest.raises(nodekit.InputError, match="checkpoints"):
-        nodekit.odeint(field, y0, ts, checkpoints=0)
+
+
+def test_checkpoints_must_be_auto_none_or_positive(field):
+    y0, ts = jnp.array([1.0, -0.5, 0.25]), jnp.linspace(0.0, 2.0, 5)
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(nodekit.InputError, match="checkpoints"):
+            nodekit.odeint(field, y0, ts, checkpoints=bad, engine="diffrax")
 
 
 def test_auto_checkpoints_respects_the_memory_budget():

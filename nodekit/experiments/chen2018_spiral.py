@@ -205,7 +205,8 @@ def run(workdir: Path, quick: bool) -> Path:
         "segments move the phase of the 25-unit solve): see the eval points in loss.png.",
     ]
     if quick:
-        notes.append(f"Quick mode trains {QUICK_STEPS} of the config's 2000 steps: the local fit is "
+        notes.append(f"Quick mode trains {QUICK_STEPS} of the config's {_config(False).train.steps} steps: "
+                     "the local fit is "
                      "good but the whole-trajectory solve drifts in phase, so the 0.1 bar "
                      "is not expected to hold.")
     return write_report(
