@@ -19,7 +19,7 @@ SCRIPT = textwrap.dedent(
     out = {"n_devices": len(jax.devices())}
     raw = {"data": {"n_points": 100, "batch_time": 5},
            "model": {"field": {"width": 16, "depth": 1}},
-           "solver": {"name": "tsit5", "rtol": 1e-5, "atol": 1e-7, "batch_mode": "vmap"},
+           "solver": {"name": "tsit5", "rtol": 1e-5, "atol": 1e-7, "batch_mode": "joint"},
            "train": {"steps": 12, "batch_size": 8, "eval_every": 6, "checkpoint_every": 6,
                      "progress": False, "compile_cache": False}}
     params = {}
@@ -44,6 +44,9 @@ SCRIPT = textwrap.dedent(
 
 
 def test_four_host_devices_match_one(tmp_path):
+    """The joint batch (one ODE state, on nodekit's engine) split over 4 devices: the
+    step-size controller's error norm then spans devices, the harder case for sharding
+    (a vmapped batch is per-sample by construction)."""
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
                JAX_PLATFORMS="cpu")
     script = tmp_path / "shard.py"
