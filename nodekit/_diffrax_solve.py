@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._errors import InputError, unknown_name_message
+from ._odeint import ADJOINTS
 from ._quadrature import StepQuadrature, state_norm, with_root_tolerances
 
 _rk4_tableau = diffrax.ButcherTableau(
@@ -75,7 +76,7 @@ def make_adjoint(name: str, solver, controller, checkpoints: int | None = None) 
         return diffrax.BacksolveAdjoint(solver=solver, stepsize_controller=controller)
     if name == "direct":
         return diffrax.DirectAdjoint()
-    raise InputError(unknown_name_message("adjoint", name, ("recursive", "backsolve", "direct")))
+    raise InputError(unknown_name_message("adjoint", name, ADJOINTS))
 
 
 def diffrax_solve(func, y0, ts, args, *, info, rtol, atol, dt0, adjoint, max_steps,

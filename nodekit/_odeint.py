@@ -248,7 +248,7 @@ def engine_for(engine: str, *, solver: str, adjoint: str, dt0, integrals, checkp
     elif integrals is not None:
         why = "integrals accumulated on the step grid (regularisers)"
     elif not (checkpoints == "auto" or (isinstance(checkpoints, int) and checkpoints >= max_steps)):
-        why = f"checkpoints={checkpoints!r} (the engine stores every step)"
+        why = f"checkpoints={checkpoints!r} (the engine keeps states its own way)"
     elif (kept := engine_states(max_steps)) * state_bytes > CHECKPOINT_BUDGET_BYTES:
         why = (f"the engine's {kept} stored states of {state_bytes} bytes (max_steps="
                f"{max_steps}) exceed {CHECKPOINT_BUDGET_BYTES // 2**20} MiB")

@@ -61,13 +61,13 @@ class Pair(NamedTuple):
     error_order: int
 
 
-def _pair(c, a_lower, b, b_hat, dense: np.ndarray, error_order: int) -> Pair:
+def _pair(c, a_lower, b, e, dense: np.ndarray, error_order: int) -> Pair:
     s = len(b)
     a = np.zeros((s, s))
     for i, row in enumerate(a_lower):
         a[i + 1, : len(row)] = row
-    b = np.asarray(b, float)
-    return Pair(np.asarray(c, float), a, b, b - np.asarray(b_hat, float), dense, error_order)
+    return Pair(np.asarray(c, float), a, np.asarray(b, float), np.asarray(e, float), dense,
+                error_order)
 
 
 # Dormand & Prince (1980): the fifth-order solution `b` (also the last row of `a`: FSAL)
@@ -85,6 +85,7 @@ _DOPRI5_A = [
     _DOPRI5_B[:6],
 ]
 _DOPRI5_B_HAT = [1951 / 21600, 0, 22642 / 50085, 451 / 720, -12231 / 42400, 649 / 6300, 1 / 60]
+_DOPRI5_E = np.subtract(_DOPRI5_B, _DOPRI5_B_HAT)
 
 # Tsitouras (2011), Table 1 (the coefficients to double precision).
 _TSIT5_C = [0, 0.161, 0.327, 0.9, 0.9800255409045097, 1, 1]
@@ -138,9 +139,9 @@ def _tsit5_dense() -> np.ndarray:
 
 
 PAIRS: dict[str, Pair] = {
-    "dopri5": _pair(_DOPRI5_C, _DOPRI5_A, _DOPRI5_B, _DOPRI5_B_HAT,
+    "dopri5": _pair(_DOPRI5_C, _DOPRI5_A, _DOPRI5_B, _DOPRI5_E,
                     _dopri5_dense(np.asarray(_DOPRI5_B, float)), 5),
-    "tsit5": _pair(_TSIT5_C, _TSIT5_A, _TSIT5_B, np.subtract(_TSIT5_B, _TSIT5_E), _tsit5_dense(), 5),
+    "tsit5": _pair(_TSIT5_C, _TSIT5_A, _TSIT5_B, _TSIT5_E, _tsit5_dense(), 5),
 }
 
 _RESULT = {name: i for i, name in enumerate(RESULT_NAMES)}
