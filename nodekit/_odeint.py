@@ -226,10 +226,10 @@ def engine_for(engine: str, *, solver: str, adjoint: str, dt0, integrals, checkp
     nodekit's engine (`nodekit._rk`) covers the solve training spends its time in: an
     adaptive `dopri5` or `tsit5` solve (no `dt0`) differentiated by backpropagation
     (`adjoint="recursive"`, `checkpoints` `"auto"` or at least `max_steps`; the engine
-    keeps about `2 sqrt(max_steps)` states, which must fit in `CHECKPOINT_BUDGET_BYTES`),
-    of a state of one floating dtype, without step quadratures, and (for `"auto"`) not
-    under `jax.vmap` (a batch solved per sample; the joint mode is one solve). Everything
-    else goes to Diffrax."""
+    keeps about `2 sqrt(max_steps)` states, which must fit in `CHECKPOINT_BUDGET_BYTES`)
+    or by the continuous adjoint (`"backsolve"`), of a state of one floating dtype,
+    without step quadratures, and (for `"auto"`) not under `jax.vmap` (a batch solved per
+    sample; the joint mode is one solve). Everything else goes to Diffrax."""
     if engine not in ENGINES:
         raise InputError(unknown_name_message("engine", engine, ENGINES))
     if engine == "diffrax":
@@ -241,15 +241,17 @@ def engine_for(engine: str, *, solver: str, adjoint: str, dt0, integrals, checkp
     state_bytes = _state_bytes(y0)
     if solver not in PAIRS:
         why = f"solver {solver!r} (the engine has {', '.join(PAIRS)})"
-    elif adjoint != "recursive":
-        why = f"adjoint {adjoint!r} (the engine backpropagates: 'recursive')"
+    elif adjoint not in ("recursive", "backsolve"):
+        why = f"adjoint {adjoint!r} (the engine has 'recursive' and 'backsolve')"
     elif dt0 is not None:
         why = "a fixed step dt0 (the engine is adaptive)"
     elif integrals is not None:
         why = "integrals accumulated on the step grid (regularisers)"
-    elif not (checkpoints == "auto" or (isinstance(checkpoints, int) and checkpoints >= max_steps)):
+    elif adjoint == "recursive" and not (
+            checkpoints == "auto" or (isinstance(checkpoints, int) and checkpoints >= max_steps)):
         why = f"checkpoints={checkpoints!r} (the engine keeps states its own way)"
-    elif (kept := engine_states(max_steps)) * state_bytes > CHECKPOINT_BUDGET_BYTES:
+    elif adjoint == "recursive" and (
+            kept := engine_states(max_steps)) * state_bytes > CHECKPOINT_BUDGET_BYTES:
         why = (f"the engine's {kept} stored states of {state_bytes} bytes (max_steps="
                f"{max_steps}) exceed {CHECKPOINT_BUDGET_BYTES // 2**20} MiB")
     elif len(dtypes) != 1 or not all(jnp.issubdtype(d, jnp.floating) for d in dtypes):
@@ -333,11 +335,12 @@ def odeint(
       `None` is Diffrax's default (about log2(max_steps) checkpoints, least memory, more
       recomputation); or a number (Diffrax).
     - `engine`: `"auto"` (default) solves with nodekit's own Runge–Kutta engine where it
-      applies — `dopri5`/`tsit5`, adaptive, `adjoint="recursive"`, not under `jax.vmap` —
-      and with Diffrax otherwise (`engine_for` says which and why); `"diffrax"` always
-      uses Diffrax; `"nodekit"` insists on the engine. Both give the same solution to the
-      tolerance and the same gradients (those of the discretised solve with step sizes
-      held fixed); the engine's training step is faster and compiles sooner (see
+      applies — `dopri5`/`tsit5`, adaptive, `adjoint` `"recursive"` or `"backsolve"`, not
+      under `jax.vmap` — and with Diffrax otherwise (`engine_for` says which and why);
+      `"diffrax"` always uses Diffrax; `"nodekit"` insists on the engine. Both give the
+      same solution to the tolerance and the same gradients (`recursive`: those of the
+      discretised solve with step sizes held fixed; `backsolve`: the continuous adjoint's,
+      to the tolerance); the engine's training step is faster and compiles sooner (see
       `nodekit._rk` and benchmarks/RESULTS.md).
 
     **Returns:**
@@ -414,7 +417,7 @@ def _odeint(func, y0, ts, *, solver, rtol, atol, dt0, adjoint, max_steps, args,
             d = jnp.diff(ts)
             ts = eqx.error_if(ts, ~(jnp.all(d >= 0) | jnp.all(d <= 0)), _TS_ORDER)
         ys, counts = rk_solve(func, y0, ts, args, solver=solver, rtol=rtol, atol=atol,
-                              max_steps=max_steps)
+                              max_steps=max_steps, adjoint=adjoint)
         counts = counts._asdict()
     else:
         from ._diffrax_solve import diffrax_solve

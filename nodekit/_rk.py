@@ -227,21 +227,27 @@ class Steps(NamedTuple):
     n: jax.Array
 
 
-def _forward(f, pair: Pair, params, y0, ts, rtol, atol, max_steps: int, seg: int):
+def _forward(f, pair: Pair, params, y0, ts, rtol, atol, max_steps: int, seg: int,
+             store: bool = True, h0=None):
     """The adaptive solve on increasing `ts`. Returns `(ys, stats, steps)`: the outputs at
-    `ts`, statistics, and the accepted steps (`Steps`, segments of `seg` steps)."""
+    `ts`, statistics, and the accepted steps (`Steps`, segments of `seg` steps; empty
+    buffers, never written, with `store=False`). `h0`: the first step to try (default:
+    Hairer's rule, one extra evaluation); when it is given, the step the controller would
+    try next is returned too, as a fourth item."""
     dtype = y0.dtype
     t0, t1 = ts[0], ts[-1]
     f0 = f(t0, y0, params)
-    h0 = _first_step(f, pair, t0, y0, f0, params, rtol, atol)
+    first = h0 is None
+    if first:
+        h0 = _first_step(f, pair, t0, y0, f0, params, rtol, atol)
     # times equal to t0 (a zero-length solve, or repeats) keep y0; later ones are
     # written by the step that reaches them
     ys = jnp.where((ts <= t0).reshape((-1,) + (1,) * y0.ndim), y0[None], jnp.zeros((), dtype))
     n_seg = -(-max_steps // seg)
-    T = jnp.zeros((max_steps,), ts.dtype)
-    H = jnp.zeros((max_steps,), ts.dtype)
-    Y = jnp.zeros((seg,) + y0.shape, dtype)
-    C = jnp.zeros((n_seg,) + y0.shape, dtype)
+    T = jnp.zeros((max_steps * store,), ts.dtype)
+    H = jnp.zeros((max_steps * store,), ts.dtype)
+    Y = jnp.zeros((seg * store,) + y0.shape, dtype)
+    C = jnp.zeros((n_seg * store,) + y0.shape, dtype)
     b, e = jnp.asarray(pair.b, dtype), jnp.asarray(pair.e, dtype)
 
     def cond(c):
@@ -263,11 +269,12 @@ def _forward(f, pair: Pair, params, y0, ts, rtol, atol, max_steps: int, seg: int
         save = _in_step(ts, t, h) & accept
         dense = y[None] + h * (_dense_weights(pair, (ts - t) / h).astype(dtype) @ K)
         ys = jnp.where(save.reshape((-1,) + (1,) * y.ndim), dense, ys)
-        # out-of-bounds indices are dropped: a rejected step stores nothing
-        T = T.at[jnp.where(accept, n_acc, max_steps)].set(t, mode="drop")
-        H = H.at[jnp.where(accept, n_acc, max_steps)].set(h, mode="drop")
-        Y = Y.at[jnp.where(accept, n_acc % seg, seg)].set(y, mode="drop")
-        C = C.at[jnp.where(accept & (n_acc % seg == 0), n_acc // seg, n_seg)].set(y, mode="drop")
+        if store:  # out-of-bounds indices are dropped: a rejected step stores nothing
+            T = T.at[jnp.where(accept, n_acc, max_steps)].set(t, mode="drop")
+            H = H.at[jnp.where(accept, n_acc, max_steps)].set(h, mode="drop")
+            Y = Y.at[jnp.where(accept, n_acc % seg, seg)].set(y, mode="drop")
+            C = C.at[jnp.where(accept & (n_acc % seg == 0), n_acc // seg, n_seg)].set(
+                y, mode="drop")
         t_next = jnp.where(accept, t + h, t)
         bad = (t_next + h * factor <= t_next) | ~jnp.isfinite(h * factor)
         return (t_next, jnp.where(accept, y1, y), jnp.where(accept, K[-1], k0), h * factor,
@@ -275,13 +282,15 @@ def _forward(f, pair: Pair, params, y0, ts, rtol, atol, max_steps: int, seg: int
 
     init = (t0, y0, f0, h0, ys, T, H, Y, C, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32),
             jnp.zeros((), bool))
-    t, _, _, _, ys, T, H, Y, C, n_acc, n_steps, bad = jax.lax.while_loop(cond, body, init)
+    t, _, _, h_next, ys, T, H, Y, C, n_acc, n_steps, bad = jax.lax.while_loop(cond, body, init)
     result = jnp.where(t >= t1, _RESULT["successful"],
                        jnp.where(bad, _RESULT["nonfinite"], _RESULT["max_steps_reached"]))
     stages = len(pair.c)
-    stats = EngineStats(nfe=2 + (stages - 1) * n_steps, num_steps=n_steps,
+    stats = EngineStats(nfe=1 + first + (stages - 1) * n_steps, num_steps=n_steps,
                         num_accepted=n_acc, num_rejected=n_steps - n_acc,
                         result=result.astype(jnp.int32))
+    if not first:
+        return ys, stats, Steps(T, H, Y, C, n_acc), h_next
     return ys, stats, Steps(T, H, Y, C, n_acc)
 
 
@@ -344,27 +353,68 @@ def _backward(f, pair: Pair, params, ctx, ts, steps: Steps, ys, ct_ys, times: bo
     a, gp = jax.lax.fori_loop(0, last + 1, segment, (jnp.zeros_like(ct_ys[0]), zeros_p))
     at_t0 = (ts <= ts[0]).reshape((-1,) + (1,) * (ct_ys.ndim - 1))
     a = a + jnp.sum(jnp.where(at_t0, ct_ys, 0), axis=0)  # outputs at t0 are y0 itself
-    if not times:
-        return gp, a, None
-    # d y(t_j) / d t_j = f(t_j, y_j); d y(t_j) / d t_0 = -(dy(t_j)/dy0) f(t_0, y_0).
+    return gp, a, _time_cotangents(f, params, ctx, ts, ys, ct_ys, a) if times else None
+
+
+def _time_cotangents(f, params, ctx, ts, ys, ct_ys, a):
+    """Cotangents of `ts` given those of `ys` and `a`, the cotangent of `y0`: d y(t_j) /
+    d t_j = f(t_j, y_j) and d y(t_j) / d t_0 = -(dy(t_j)/dy0) f(t_0, y_0)."""
     fs = jax.vmap(lambda t, y: f(t, y, (params, ctx)))(ts, ys)
     ct_ts = jnp.sum((ct_ys * fs).reshape(ts.shape[0], -1), axis=1)
     ct_ts = ct_ts.at[0].set(jnp.vdot(ct_ys[0], fs[0]) - jnp.vdot(a, fs[0]))
-    return gp, a, ct_ts.astype(ts.dtype)
+    return ct_ts.astype(ts.dtype)
+
+
+def _backsolve(f, pair: Pair, params, ctx, ts, ys, ct_ys, rtol, atol, max_steps: int,
+               times: bool = True):
+    """Cotangents of `(params, y0, ts)` by the continuous adjoint (`adjoint="backsolve"`):
+    from the last output time back to the first, the state, its adjoint `a` and the
+    parameters' adjoint `g` are solved together backwards by the same adaptive loop,
+    one interval between output times at a time (`da/dt = -a df/dy`, `dg/dt = -a
+    df/dp`). At every output time the state restarts from the forward solution there (as
+    torchdiffeq does) and that output's cotangent is added to `a`. Memory does not grow
+    with the number of steps, and the parameters' adjoint is one for the whole state
+    (the joint batch), not one per sample. Gradients are accurate to the tolerance."""
+    flat_p, unravel_p = ravel_pytree(params)
+    n, dtype = ys.shape[1], ys.dtype
+
+    def augmented(v, z, pc):  # in reversed time v = -u
+        fy, vjp = jax.vjp(lambda y, p: f(-v, y, (p, pc[1])), z[:n], pc[0])
+        a_y, a_p = vjp(z[n: 2 * n])
+        return jnp.concatenate([-fy, a_y, ravel_pytree(a_p)[0].astype(dtype)])
+
+    def interval(k, c):
+        i = ts.shape[0] - 1 - k  # from ts[i] back to ts[i - 1]
+        a, g, h = c
+        zs, _, _, h = _forward(augmented, pair, (params, ctx), jnp.concatenate([ys[i], a, g]),
+                               jnp.stack([-ts[i], -ts[i - 1]]), rtol, atol, max_steps, 1,
+                               store=False, h0=h)
+        return zs[1, n: 2 * n] + ct_ys[i - 1], zs[1, 2 * n:], h
+
+    # the step size carries over from one interval to the next (only the first is guessed)
+    z_last = jnp.concatenate([ys[-1], ct_ys[-1], jnp.zeros(flat_p.shape, dtype)])
+    h_first = _first_step(augmented, pair, -ts[-1], z_last,
+                          augmented(-ts[-1], z_last, (params, ctx)), (params, ctx), rtol, atol)
+    a, g, _ = jax.lax.fori_loop(0, ts.shape[0] - 1, interval,
+                                (ct_ys[-1], jnp.zeros(flat_p.shape, dtype), h_first))
+    gp = unravel_p(g.astype(flat_p.dtype))
+    return gp, a, _time_cotangents(f, params, ctx, ts, ys, ct_ys, a) if times else None
 
 
 # ------------------------------------------------------------------ public entry
 
 
 def rk_solve(func, y0, ts, args, *, solver: str, rtol: float, atol: float, max_steps: int,
-             segment: int | None = None):
+             segment: int | None = None, adjoint: str = "recursive"):
     """Solve `dy/dt = func(t, y, args)` with the engine; returns `(ys, EngineStats)`.
 
     `func` may close over arrays (they are differentiated like explicit arguments),
     `y0` is any pytree of floating arrays of one dtype, `ts` is 1-D and monotonic
     (times equal to `ts[0]` return `y0`). Failures come back in `stats.result`
-    (Diffrax's codes). The gradient keeps the states of `segment` steps (default
-    `segment_size(max_steps)`) and one state per segment (see `_backward`)."""
+    (Diffrax's codes). With `adjoint="recursive"` the gradient backpropagates through
+    the solve, keeping the states of `segment` steps (default `segment_size(max_steps)`)
+    and one state per segment (see `_backward`); with `"backsolve"` it is the continuous
+    adjoint, solved backwards by the same loop (see `_backsolve`)."""
     pair = PAIRS[solver]
     seg = segment_size(max_steps) if segment is None else max(1, min(int(segment), max_steps))
     flat_y0, unravel = ravel_pytree(y0)
@@ -398,7 +448,8 @@ def rk_solve(func, y0, ts, args, *, solver: str, rtol: float, atol: float, max_s
         pf, ctx, y, us = jax.tree_util.tree_map(
             lambda x: x.value, (pf, ctx, y, us),
             is_leaf=lambda x: isinstance(x, jax.custom_derivatives.CustomVJPPrimal))
-        ys, stats, steps = _forward(f, pair, (pf, ctx), y, us, rtol, atol, max_steps, seg)
+        ys, stats, steps = _forward(f, pair, (pf, ctx), y, us, rtol, atol, max_steps, seg,
+                                    store=adjoint == "recursive")
         return (ys, stats), (pf, ctx, us, steps, ys)
 
     def solve_bwd(res, cts):
@@ -406,8 +457,12 @@ def rk_solve(func, y0, ts, args, *, solver: str, rtol: float, atol: float, max_s
         ct_ys = cts[0]
         if isinstance(ct_ys, jax.custom_derivatives.SymbolicZero):
             ct_ys = jnp.zeros(ct_ys.shape, ct_ys.dtype)
-        gp, a, ct_us = _backward(f, pair, pf, ctx, us, steps, ys, ct_ys,
-                                 times=times_perturbed[-1])
+        if adjoint == "backsolve":
+            gp, a, ct_us = _backsolve(f, pair, pf, ctx, us, ys, ct_ys, rtol, atol, max_steps,
+                                      times=times_perturbed[-1])
+        else:
+            gp, a, ct_us = _backward(f, pair, pf, ctx, us, steps, ys, ct_ys,
+                                     times=times_perturbed[-1])
         return gp, None, a, ct_us
 
     solve.defvjp(solve_fwd, solve_bwd, symbolic_zeros=True)
