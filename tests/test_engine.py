@@ -82,11 +82,12 @@ def test_engine_gradients_match_finite_differences():
             np.testing.assert_allclose(np.asarray(g), central_fd(along, x[i]), rtol=1e-5, atol=1e-6)
 
 
-def test_engine_backsolve_matches_backpropagation_and_finite_differences():
+def test_engine_backsolve_matches_backpropagation():
     """The continuous adjoint, solved backwards by the engine's own loop (per interval
     between output times, restarting the state from the forward solution), gives the
-    gradients of the recursive adjoint to the tolerance: parameters (closed over), `args`,
-    `y0` and `ts`, including a repeated time and a solve backwards in time."""
+    gradients of the recursive adjoint (itself checked against finite differences above)
+    to the tolerance: parameters (closed over), `args`, `y0` and `ts`, including a
+    repeated time and a solve backwards in time."""
     with jax.enable_x64(True):
         w = jnp.array([[0.2, -0.7], [0.5, 0.1]])
 
@@ -96,16 +97,11 @@ def test_engine_backsolve_matches_backpropagation_and_finite_differences():
                                 adjoint=adjoint, engine="nodekit", max_steps=2000)
             return jnp.sum(jnp.sin(ys) * jnp.arange(1.0, 1.0 + ys.size).reshape(ys.shape))
 
-        for ts in (jnp.array([0.1, 0.7, 0.7, 1.5, 2.0]), jnp.array([2.0, 1.0, 0.0])):
-            x = (w, jnp.asarray(1.3), jnp.array([0.4, -0.9]), ts)
-            back = jax.grad(loss, argnums=(0, 1, 2, 3))(*x, "backsolve")
-            rec = jax.grad(loss, argnums=(0, 1, 2, 3))(*x, "recursive")
-            for b, r in zip(back, rec):
-                np.testing.assert_allclose(np.asarray(b), np.asarray(r), rtol=1e-6, atol=1e-8)
-        loss_jit = jax.jit(loss, static_argnums=4)
-        np.testing.assert_allclose(
-            np.asarray(back[0]), central_fd(lambda v: loss_jit(v, *x[1:], "backsolve"), w),
-            rtol=1e-5, atol=1e-6)
+        x = (w, jnp.asarray(1.3), jnp.array([0.4, -0.9]), jnp.array([2.0, 1.2, 1.2, 0.3, 0.0]))
+        back = jax.grad(loss, argnums=(0, 1, 2, 3))(*x, "backsolve")
+        rec = jax.grad(loss, argnums=(0, 1, 2, 3))(*x, "recursive")
+        for b, r in zip(back, rec):
+            np.testing.assert_allclose(np.asarray(b), np.asarray(r), rtol=1e-6, atol=1e-8)
 
 
 def test_engine_gradients_do_not_depend_on_the_stored_segments():
