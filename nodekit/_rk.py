@@ -373,10 +373,11 @@ def _backsolve(f, pair: Pair, params, ctx, ts, ys, ct_ys, rtol, atol, max_steps:
     one interval between output times at a time (`da/dt = -a df/dy`, `dg/dt = -a
     df/dp`), the step size carried from one interval to the next (guessing it afresh
     per interval cost an evaluation and a cautious first step each: 3.4x the recursive
-    step on the base problem instead of 2.0x). At every output time the state restarts from the forward solution there (as
-    torchdiffeq does) and that output's cotangent is added to `a`. Memory does not grow
-    with the number of steps, and the parameters' adjoint is one for the whole state
-    (the joint batch), not one per sample. Gradients are accurate to the tolerance."""
+    step on the base problem instead of 2.0x). At every output time the state restarts
+    from the forward solution there (as torchdiffeq does) and that output's cotangent
+    is added to `a`. Memory does not grow with the number of steps, and the parameters'
+    adjoint is one for the whole state (the joint batch), not one per sample. Gradients
+    are accurate to the tolerance."""
     flat_p, unravel_p = ravel_pytree(params)
     n, dtype = ys.shape[1], ys.dtype
 
