@@ -229,11 +229,11 @@ class Steps(NamedTuple):
 
 def _forward(f, pair: Pair, params, y0, ts, rtol, atol, max_steps: int, seg: int,
              store: bool = True, h0=None):
-    """The adaptive solve on increasing `ts`. Returns `(ys, stats, steps)`: the outputs at
-    `ts`, statistics, and the accepted steps (`Steps`, segments of `seg` steps; empty
-    buffers, never written, with `store=False`). `h0`: the first step to try (default:
-    Hairer's rule, one extra evaluation); when it is given, the step the controller would
-    try next is returned too, as a fourth item."""
+    """The adaptive solve on increasing `ts`. Returns `(ys, stats, steps, h_next)`: the
+    outputs at `ts`, statistics, the accepted steps (`Steps`, segments of `seg` steps;
+    empty buffers, never written, with `store=False`) and the step the controller would
+    try next. `h0`: the first step to try (default: Hairer's rule, one extra
+    evaluation)."""
     dtype = y0.dtype
     t0, t1 = ts[0], ts[-1]
     f0 = f(t0, y0, params)
@@ -289,9 +289,7 @@ def _forward(f, pair: Pair, params, y0, ts, rtol, atol, max_steps: int, seg: int
     stats = EngineStats(nfe=1 + first + (stages - 1) * n_steps, num_steps=n_steps,
                         num_accepted=n_acc, num_rejected=n_steps - n_acc,
                         result=result.astype(jnp.int32))
-    if not first:
-        return ys, stats, Steps(T, H, Y, C, n_acc), h_next
-    return ys, stats, Steps(T, H, Y, C, n_acc)
+    return ys, stats, Steps(T, H, Y, C, n_acc), h_next
 
 
 # ------------------------------------------------------------------ gradient
@@ -440,7 +438,7 @@ def rk_solve(func, y0, ts, args, *, solver: str, rtol: float, atol: float, max_s
 
     @jax.custom_vjp
     def solve(pf, ctx, y, us):
-        ys, stats, _ = _forward(f, pair, (pf, ctx), y, us, rtol, atol, max_steps, seg)
+        ys, stats, _, _ = _forward(f, pair, (pf, ctx), y, us, rtol, atol, max_steps, seg)
         return ys, stats
 
     times_perturbed = []
@@ -451,8 +449,8 @@ def rk_solve(func, y0, ts, args, *, solver: str, rtol: float, atol: float, max_s
         pf, ctx, y, us = jax.tree_util.tree_map(
             lambda x: x.value, (pf, ctx, y, us),
             is_leaf=lambda x: isinstance(x, jax.custom_derivatives.CustomVJPPrimal))
-        ys, stats, steps = _forward(f, pair, (pf, ctx), y, us, rtol, atol, max_steps, seg,
-                                    store=adjoint == "recursive")
+        ys, stats, steps, _ = _forward(f, pair, (pf, ctx), y, us, rtol, atol, max_steps, seg,
+                                       store=adjoint == "recursive")
         return (ys, stats), (pf, ctx, us, steps, ys)
 
     def solve_bwd(res, cts):
