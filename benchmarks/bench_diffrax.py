@@ -86,7 +86,7 @@ def diffrax_step_fn(ts, joint: bool, rtol=1e-7, atol=1e-9, optim=None):
 
 def compare(repeats, modes, flat_too=True):
     from nodekit._config import validate
-    from nodekit._train import initial_state, make_step
+    from nodekit._build import initial_state, make_step
 
     rows = []
     for mode in modes:
@@ -120,8 +120,8 @@ def compare(repeats, modes, flat_too=True):
         firsts = {"diffrax": ev_dx, "nodekit make_step": ev_nk}
         if flat_too:
             try:
-                from nodekit._compiled_step import CompiledStep
-                from nodekit._train import step_body
+                from nodekit._step import CompiledStep
+                from nodekit._step import step_body
 
                 with CompileEvents() as ev_fl:
                     cs = CompiledStep(step_body(task.loss, optim), model, opt_state, batch, key,
@@ -153,7 +153,7 @@ def profile(repeats):
     """Where a joint spiral step's time goes."""
     import nodekit
     from nodekit._config import validate
-    from nodekit._train import initial_state
+    from nodekit._build import initial_state
 
     cfg = validate(spiral_raw())
     task, model, optim, opt_state = initial_state(cfg, jax.random.PRNGKey(0))
@@ -167,7 +167,7 @@ def profile(repeats):
     vg = eqx.filter_jit(eqx.filter_value_and_grad(lambda m, b: task.loss(m, b, None), has_aux=True))
     grads = vg(model, batch)[1]
     upd = eqx.filter_jit(lambda g, o, m: optim.update(g, o, eqx.filter(m, eqx.is_inexact_array)))
-    from nodekit._train import make_step
+    from nodekit._step import make_step
 
     step = make_step(task.loss, optim)
     calls = {
@@ -218,9 +218,11 @@ def loop_profile(repeats):
     import tempfile
 
     import nodekit
-    from nodekit._compiled_step import CompiledStep
+    from nodekit._step import CompiledStep
     from nodekit._config import validate
-    from nodekit._train import _to_host, initial_state, setup_devices, step_body
+    from nodekit._loop import _to_host
+    from nodekit._build import initial_state, setup_devices
+    from nodekit._step import step_body
 
     raw = spiral_raw()
     cfg = validate(raw)

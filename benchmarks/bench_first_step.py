@@ -55,7 +55,7 @@ def probe(spec: dict) -> dict:
 
     from benchmarks._common import CompileEvents, spiral_raw
     from nodekit._config import validate
-    from nodekit._train import initial_state, make_step
+    from nodekit._build import initial_state, make_step
 
     t_import = time.perf_counter() - t0
     if "eval_cache" in spec:
@@ -97,8 +97,8 @@ def probe_eval_cache(spec: dict) -> dict:
 
     from benchmarks._common import CompileEvents, spiral_raw
     from nodekit._config import validate
-    from nodekit._tasks import TrajectoryTask
-    from nodekit._train import enable_compile_cache
+    from nodekit.tasks import TrajectoryTask
+    from nodekit._build import enable_compile_cache
 
     enable_compile_cache(spec["eval_cache"])
     cfg = validate(spiral_raw())
@@ -107,7 +107,7 @@ def probe_eval_cache(spec: dict) -> dict:
     ev_fn = eqx.filter_jit(task.evaluate)
     ctx = contextlib.nullcontext()
     if spec.get("nan_mode"):
-        from nodekit._compiled_step import no_host_callbacks
+        from nodekit._step import no_host_callbacks
 
         ctx = no_host_callbacks()
     with ctx, CompileEvents() as ev:
@@ -198,14 +198,14 @@ def bench_imports(repeats: int):
     for name, code in (("jax", "import jax"), ("jax + equinox + optax", "import jax, equinox, optax"),
                        ("diffrax (with jax, equinox, lineax, optimistix)", "import diffrax"),
                        ("nodekit", "import nodekit"),
-                       ("nodekit.cli + _train (the CLI's path)", "import nodekit.cli, nodekit._train")):
+                       ("nodekit.cli + _loop (the CLI's path)", "import nodekit.cli, nodekit._loop")):
         times = []
         for _ in range(repeats):
             c = f"import time; t=time.perf_counter(); {code}; print('T', time.perf_counter()-t)"
             _, proc = run_subprocess([PY, "-c", c], env=env)
             times += [float(l.split()[1]) for l in proc.stdout.splitlines() if l.startswith("T ")]
         res[name] = median(times)
-    _, proc = run_subprocess([PY, "-X", "importtime", "-c", "import nodekit.cli, nodekit._train"], env=env)
+    _, proc = run_subprocess([PY, "-X", "importtime", "-c", "import nodekit.cli, nodekit._loop"], env=env)
     self_us = {}
     for line in proc.stderr.splitlines():
         m = re.match(r"import time:\s+(\d+) \|\s+(\d+) \|\s*(\S+)", line)
@@ -297,7 +297,7 @@ def main(argv=None):
     body += "\n\nImport time (fresh processes, median):\n\n"
     body += table(["import", "seconds"], [[k, f"{v:.2f}"] for k, v in imps.items()])
     body += ("\n\nWhere the import time goes (`-X importtime` of `import nodekit.cli, "
-             "nodekit._train`, self time summed by top-level package, one run): " + ", ".join(f"{k} {v / 1e6:.2f} s" for k, v in heavy) + ".")
+             "nodekit._loop`, self time summed by top-level package, one run): " + ", ".join(f"{k} {v / 1e6:.2f} s" for k, v in heavy) + ".")
     lrows, ev = bench_levers(a.quick)
     body += ("\n\nCompile levers: the spiral `make_step` step's first call in a fresh process, "
              "split by JAX's monitoring events (wall seconds; 'CPU' = process CPU seconds of the "

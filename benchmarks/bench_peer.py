@@ -14,7 +14,7 @@ Problems:
 
 nodekit's step is `nodekit.make_step(TrajectoryTask(config).loss, optimiser)` (the
 public `eqx.filter_jit` step); the row "train loop" is the same step as `nodekit.train`
-runs it (flat arrays under `jax.jit`, `nodekit._compiled_step.CompiledStep`). The torch
+runs it (flat arrays under `jax.jit`, `nodekit._step.CompiledStep`). The torch
 module's weights are copied from the Equinox MLP. Steps of the two libraries are timed
 interleaved over the same sequence of batches; each reports the median of the timed
 steps after warm-up. NFE: nodekit's solver statistics; torchdiffeq: a counter in the
@@ -204,7 +204,7 @@ ENGINE_OFF = "nodekit train loop, solve on Diffrax (engine: diffrax)"
 
 def spiral_setup(adjoint="recursive", batch_mode="joint", loss=None, engine="auto"):
     from nodekit._config import validate
-    from nodekit._train import initial_state, make_step
+    from nodekit._build import initial_state, make_step
 
     cfg = validate(spiral_raw(adjoint=adjoint, batch_mode=batch_mode, engine=engine))
     task, model, optim, opt_state = initial_state(cfg, jax.random.PRNGKey(0))
@@ -276,8 +276,8 @@ def bench_spiral(repeats: int, warmup: int, adjoint_too: bool, train_loop_too: b
 
     if train_loop_too:
         try:
-            from nodekit._compiled_step import CompiledStep
-            from nodekit._train import step_body
+            from nodekit._step import CompiledStep
+            from nodekit._step import step_body
 
             # the train loop's flat step, and the same step with the solve on Diffrax
             _, task_d, model_d, opt_d, _, optim_d = spiral_setup(engine="diffrax")
@@ -356,7 +356,7 @@ def bench_spiral_adjoint(repeats, warmup, batches):
         name = "nodekit make_step, backsolve joint"
         contenders[name], firsts[name], loss_fns[name] = nk_joint, ev_joint, task.loss
     else:
-        from nodekit._train import make_step
+        from nodekit._step import make_step
 
         loss = joint_backsolve_loss(task, cfg)
         proto = NodekitTrainer(make_step(loss, optim), model, opt_state)

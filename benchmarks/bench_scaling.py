@@ -83,8 +83,9 @@ class Problem:
 class SpiralProblem(Problem):
     def __init__(self, mode, adjoint, batch=20):
         from nodekit._config import validate
-        from nodekit._tasks import TrajectoryTask
-        from nodekit._train import make_optimizer, make_step
+        from nodekit.tasks import TrajectoryTask
+        from nodekit._optim import make_optimizer
+        from nodekit._step import make_step
 
         raw = spiral_raw(adjoint=adjoint, batch_mode=mode)
         raw["train"]["batch_size"] = batch

@@ -53,7 +53,9 @@ if TYPE_CHECKING:
         steer_end_time as steer_end_time,
         total_penalty as total_penalty,
     )
-    from ._train import make_optimizer as make_optimizer, make_step as make_step, train as train
+    from ._loop import train as train
+    from ._optim import make_optimizer as make_optimizer
+    from ._step import make_step as make_step
 
 # public name -> (module, attribute in it)
 _LAZY = {
@@ -67,7 +69,9 @@ _LAZY = {
     "Config": ("._config", "Config"),
     "load_config": ("._config", "load_config"),
     "validate_config": ("._config", "validate"),
-    **{n: ("._train", n) for n in ("make_optimizer", "make_step", "train")},
+    "make_optimizer": ("._optim", "make_optimizer"),
+    "make_step": ("._step", "make_step"),
+    "train": ("._loop", "train"),
     **{n: ("._regularisers", n) for n in (
         "AbstractRegulariser", "JacobianFrobenius", "KineticEnergy", "TaylorRK", "augmented_field",
         "regularised_odeint", "regularised_odeint_batch", "sample_noise", "steer_end_time",

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import struct
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ import jax
 import numpy as np
 
 from ._errors import CheckpointError
+from ._rundir import atomic_write_bytes
 
 
 MAGIC = b"NODEKIT1"
@@ -34,32 +34,6 @@ def _leaf_specs(tree) -> list[list]:
     leaves = jax.tree_util.tree_leaves(eqx.filter(tree, eqx.is_array_like))
     return [[list(np.shape(x)), str(np.asarray(x).dtype if not hasattr(x, "dtype") else x.dtype)]
             for x in leaves]
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` atomically (temp file, flush, fsync, rename, fsync dir)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 def save_checkpoint(path, tree, *, step: int, config_hash: str, meta: dict | None = None) -> None:

@@ -49,7 +49,7 @@ import numpy as np
 from jax.experimental.jet import jet
 
 from ._errors import InputError, unknown_name_message
-from ._odeint import SolveStats, odeint, odeint_step_quadrature
+from ._odeint import odeint, odeint_step_quadrature
 
 
 #: Noise distributions for stochastic (Hutchinson) estimators.

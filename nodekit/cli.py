@@ -7,7 +7,6 @@ traceback; 3 a training fault (non-finite loss, solver failure) with what to try
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -46,7 +45,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _cmd_train(args) -> int:
     from ._config import load_config
-    from ._train import train
+    from ._loop import train
 
     config = load_config(args.config, args.overrides)
     workdir = Path(args.workdir) if args.workdir else Path("runs") / Path(args.config).stem

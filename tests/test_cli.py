@@ -45,7 +45,7 @@ def _like(overrides=()):
     import jax
 
     from nodekit._config import load_config
-    from nodekit._train import initial_state
+    from nodekit._build import initial_state
 
     cfg = load_config(TINY, list(overrides))
     _, model, _, opt_state = initial_state(cfg, jax.random.PRNGKey(0))

@@ -258,7 +258,7 @@ def test_a_training_step_on_the_engine_does_not_import_diffrax():
     import sys
 
     code = (
-        "import sys, jax, jax.numpy as jnp, nodekit.cli, nodekit._train, nodekit\n"
+        "import sys, jax, jax.numpy as jnp, nodekit.cli, nodekit._loop, nodekit\n"
         "f = nodekit.MLPField(2, width=8, depth=1, key=jax.random.PRNGKey(0))\n"
         "loss = lambda f: nodekit.odeint(f, jnp.ones(2), jnp.linspace(0., 1., 3),"
         " solver='dopri5').sum()\n"

@@ -208,7 +208,7 @@ def checkpoints(tmp_path_factory):
 
     from nodekit._checkpoint import save_checkpoint
     from nodekit._config import load_config
-    from nodekit._train import initial_state
+    from nodekit._build import initial_state
 
     folder = tmp_path_factory.mktemp("ckpts")
     tiny = load_config(TINY)
@@ -383,7 +383,8 @@ TAG = '!!python/object/apply:os.system ["echo hi"]'
 
 
 def _section_fields(path):
-    from nodekit._config import Config, SpiralData, _model_at
+    from nodekit._config import Config, SpiralData
+    from nodekit._config._wording import _model_at
 
     if path and path[0] == "data":  # a union by data.name; tiny.yaml reads the spiral
         return set(SpiralData.model_fields)

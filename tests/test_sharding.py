@@ -12,8 +12,9 @@ SCRIPT = textwrap.dedent(
     import jax, numpy as np
     import nodekit
     from nodekit._checkpoint import load_checkpoint
-    from nodekit._tasks import make_task
-    from nodekit._train import make_optimizer, setup_devices
+    from nodekit.tasks import make_task
+    from nodekit._optim import make_optimizer
+    from nodekit._build import setup_devices
     import equinox as eqx
 
     out = {"n_devices": len(jax.devices())}
@@ -67,7 +68,7 @@ def test_too_many_devices_is_a_config_error():
     import pytest
 
     import nodekit
-    from nodekit._train import setup_devices
+    from nodekit._build import setup_devices
 
     cfg = nodekit.validate_config({"train": {"devices": 64, "batch_size": 64}})
     with pytest.raises(nodekit.ConfigError, match="train.devices: got 64, but only 1"):

@@ -86,7 +86,7 @@ def test_density_eval_is_exact_nll_of_a_linear_flow():
     import jax
     import jax.numpy as jnp
 
-    from nodekit._tasks import make_task
+    from nodekit.tasks import make_task
     from nodekit.models import nll
 
     task = make_task(nodekit.validate_config(DENSITY))
@@ -105,7 +105,7 @@ def test_density_eval_is_exact_nll_of_a_linear_flow():
     (dict(DENSITY, train=dict(DENSITY["train"], batch_size=1000)), "train.batch_size"),
 ])
 def test_task_level_config_errors_name_the_key(raw, key, tmp_path):
-    from nodekit._tasks import make_task
+    from nodekit.tasks import make_task
 
     with pytest.raises(ConfigError) as e:
         make_task(nodekit.validate_config(raw))
@@ -120,7 +120,7 @@ def test_config_quadrature_reaches_the_solve(base):
     import equinox as eqx
     import jax
 
-    from nodekit._tasks import make_task
+    from nodekit.tasks import make_task
 
     base_cfg = TRAJ if base == "trajectory" else DENSITY
     reg = {"kinetic": WEIGHTS["kinetic"], "jacobian": {"weight": 0.05, "estimator": "exact"}}

@@ -10,9 +10,11 @@ import optax
 import pytest
 
 import nodekit
-from nodekit._compiled_step import CompiledStep
+from nodekit._step import CompiledStep
 from nodekit._config import OptimizerConfig
-from nodekit._train import initial_state, make_optimizer, step_body
+from nodekit._build import initial_state
+from nodekit._optim import make_optimizer
+from nodekit._step import step_body
 
 TINY = {
     "data": {"n_points": 100, "batch_time": 5},
@@ -66,7 +68,7 @@ def _matrix_step(model, opt_state, batch, key):
 _LOAD_CHILD = """
 import sys
 import jax.numpy as jnp, numpy as np
-from nodekit._compiled_step import CompiledStep
+from nodekit._step import CompiledStep
 
 a, b, key = jnp.array([[2.0, 1.0], [1.0, 3.0]]), jnp.array([1.0, 2.0]), jnp.zeros(2)
 for opt in ((jnp.zeros(2),), (jnp.zeros(1),)):  # no LAPACK first, then LAPACK
@@ -101,7 +103,7 @@ def test_loaded_steps_set_up_lapack_only_when_they_call_it(tmp_path):
 
 def test_training_step_has_no_host_callbacks(parts):
     cfg, task, model, optim, opt_state = parts
-    from nodekit._compiled_step import no_host_callbacks
+    from nodekit._step import no_host_callbacks
 
     with no_host_callbacks():
         text = eqx.filter_jit(step_body(task.loss, optim)).lower(
@@ -161,7 +163,7 @@ def test_resume_is_bitwise_and_metrics_continue(tmp_path):
 def test_nan_mode_trace_does_not_leak_into_later_solves():
     """A solve jitted inside `no_host_callbacks` must not hand its cached, check-free
     trace to a later caller who expects errors (and vice versa)."""
-    from nodekit._compiled_step import no_host_callbacks
+    from nodekit._step import no_host_callbacks
 
     f = lambda t, y, args: -y  # noqa: E731
     y0 = jnp.ones(2)

@@ -297,7 +297,8 @@ def fit(
     **Returns:** a `FitResult`.
     """
     from .._config import OptimizerConfig
-    from .._train import make_optimizer, make_step
+    from .._optim import make_optimizer
+    from .._step import make_step
 
     cfg = OptimizerConfig(name=optimizer, learning_rate=learning_rate, schedule=schedule,
                           clip_norm=clip_norm, weight_decay=weight_decay)

@@ -8,7 +8,6 @@ from pathlib import Path
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from ._common import (
     Timer,

@@ -39,8 +39,8 @@ def _trained_model(config, workdir: Path):
     """The trained model, read back from the run's latest checkpoint (as `train` does
     when it resumes)."""
     from .._checkpoint import load_checkpoint
-    from .._tasks import make_task
-    from .._train import make_optimizer
+    from ..tasks import make_task
+    from .._optim import make_optimizer
 
     task = make_task(config)
     model = task.make_model(jax.random.split(jax.random.PRNGKey(config.seed))[0])
@@ -115,7 +115,7 @@ def _loss_plot(path: Path, metrics_path: Path) -> Path:
 
 
 def run(workdir: Path, quick: bool) -> Path:
-    from .._train import train
+    from .._loop import train
 
     workdir = Path(workdir)
     config = _config(quick)

@@ -98,7 +98,7 @@ def _spheres_eval(model, x, y):
 
 def _spheres(augment_dim: int, seed: int, epochs: int, train, test, batch_size: int):
     from ..data import batch_indices
-    from ..models import ANODEClassifier, anode_loss
+    from ..models import ANODEClassifier
 
     key = jax.random.PRNGKey(seed)
     model = ANODEClassifier(2, augment_dim, 32, 1, activation="relu", rtol=TOL, atol=TOL,

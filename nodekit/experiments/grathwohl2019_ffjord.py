@@ -57,7 +57,7 @@ def run(workdir: Path, quick: bool) -> Path:
             + D.density_panels(hutch, "Hutchinson")))
     timings["heatmaps and samples"] = t.s
 
-    from ._common import plot_curves, smooth
+    from ._common import plot_curves
 
     curves = {f"{n} (exact)": (np.arange(runs[n].steps), runs[n].fit.series("nll"))
               for n in DENSITIES}

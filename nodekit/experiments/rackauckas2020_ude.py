@@ -98,7 +98,6 @@ def _recovered_trajectory(coefs, alpha, delta, y0, ts):
 
 def run(workdir: Path, quick: bool) -> Path:
     from .._fields import MLPField
-    from .._neural_ode import NeuralODE
     from ..data import lotka_volterra
     from ..models import UDE, LotkaVolterraUDE, count_params
 

@@ -19,7 +19,7 @@ scalar to the state whose derivative is the regulariser's integrand.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any
 
 import equinox as eqx
 import jax

@@ -1,8 +1,8 @@
-"""Config schema, YAML loading, dotted `--set` overrides and error wording.
+"""The config schema: one strict pydantic model per section, and `Config` for a run.
 
-A config is YAML validated against the pydantic models below. Unknown keys are errors
-that name the closest valid key; every error names the key path, the bad value and
-what is allowed (`ConfigError`, exit code 2 in the CLI).
+Unknown keys are errors; names (solvers, adjoints, optimisers, ...) are checked against
+the library's own registries. Loading and error wording live beside this module
+(`_load`, `_wording`).
 """
 
 from __future__ import annotations
@@ -10,19 +10,15 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import re
-from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Literal, Union
 
-import numpy as np
 import pydantic
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ._errors import ConfigError, InputError, closest, unknown_name_message
-from ._fields import ACTIVATIONS
-from ._neural_ode import BATCH_MODES
-from ._odeint import ADJOINTS, ENGINES, SOLVERS
+from .._errors import ConfigError, closest, unknown_name_message
+from .._fields import ACTIVATIONS
+from .._neural_ode import BATCH_MODES
+from .._odeint import ADJOINTS, ENGINES, SOLVERS
 
 
 #: Optimisers by their Optax names. `lbfgs` (L-BFGS with a zoom line search) is for
@@ -37,36 +33,8 @@ LBFGS_KWARGS = {"memory_size": 10, "max_linesearch_steps": 20}
 SCHEDULES = ("constant", "cosine", "warmup_cosine", "exponential")
 
 
-def _allows_bool(annotation) -> bool:
-    if annotation is bool:
-        return True
-    return any(_allows_bool(a) for a in getattr(annotation, "__args__", ()) or ())
-
-
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-def _refuse_booleans(raw, cls, path) -> None:
-    """pydantic's lax mode reads YAML `true` as 1 for a number field; refuse it (a
-    boolean where a number or name belongs is a typo), naming the key."""
-    if not isinstance(raw, dict):
-        return
-    for key, value in raw.items():
-        field = cls.model_fields.get(key) if isinstance(key, str) else None
-        if field is None:
-            continue
-        ann = field.annotation
-        if isinstance(value, bool) and not _allows_bool(ann):
-            raise ConfigError(".".join(path + [key]), f"got {value!r}: expected a number or "
-                                                      "name, not a boolean.")
-        if key == "data" and cls is Config:
-            sub = _data_model({"data": value})
-        else:
-            sub = _sub_model(ann)
-        if sub is not None:
-            _refuse_booleans(value, sub, path + [key])
-
 
 def _finite(v):
     if v is not None and isinstance(v, float) and not math.isfinite(v):
@@ -309,7 +277,7 @@ class Toy2DData(_Strict):
     @field_validator("distribution")
     @classmethod
     def _known(cls, v):
-        from .data import TOY2D_NAMES
+        from ..data import TOY2D_NAMES
 
         return _name_in("toy density", TOY2D_NAMES)(v)
 
@@ -415,314 +383,3 @@ class Config(_Strict):
         d.pop("distributed")
         blob = json.dumps(d, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
-
-
-# --------------------------------------------------------------------------- errors
-
-
-def _sub_model(annotation) -> type | None:
-    """The config section an annotation holds (`Section` or `Section | None`), else None."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    models = [a for a in getattr(annotation, "__args__", ()) or ()
-              if isinstance(a, type) and issubclass(a, BaseModel)]
-    return models[0] if len(models) == 1 else None
-
-
-def _model_at(cls, loc) -> type | None:
-    """The pydantic model class found by following `loc` from `cls`."""
-    for part in loc:
-        if cls is None or not (isinstance(cls, type) and issubclass(cls, BaseModel)):
-            return None
-        field = cls.model_fields.get(part)
-        if field is None:
-            # a discriminated union member, named by its tag
-            return None
-        cls = _sub_model(field.annotation)
-    return cls
-
-
-def _clean_loc(loc) -> list[str]:
-    """The user's key path from pydantic's error location: union branch tags that
-    pydantic inserts (`data.spiral.t1`, `train.devices.constrained-int`) are dropped by
-    following the schema, and free-form mappings (`optimizer.kwargs.b1`) keep their keys."""
-    out: list[str] = []
-    cls: Any = Config
-    for part in (str(p) for p in loc):
-        if isinstance(cls, type) and issubclass(cls, BaseModel):
-            field = cls.model_fields.get(part)
-            if field is None:
-                if cls is Config or part not in _DATA_MODELS:
-                    out.append(part)  # an unknown key: named as typed
-                cls = _DATA_MODELS.get(part)
-                continue
-            out.append(part)
-            if cls is Config and part == "data":
-                cls = "data"  # a union by data.name: the next part may be its tag
-            elif getattr(field.annotation, "__origin__", None) is dict:
-                cls = "mapping"
-            else:
-                cls = _sub_model(field.annotation)  # None for a value: what follows is a tag
-        elif cls == "data":
-            cls = _DATA_MODELS.get(part)
-            if cls is None:
-                out.append(part)
-        elif cls == "mapping":
-            out.append(part)
-            cls = None
-    return out
-
-
-def _shown(value) -> str:
-    """A bad value as the message shows it: short, whatever its size."""
-    if isinstance(value, dict):
-        return "a mapping"
-    text = repr(value)
-    return text if len(text) <= 80 else text[:60] + f"... ({len(text)} characters)"
-
-
-def _format_error(err: dict, raw: dict) -> ConfigError:
-    loc_clean = _clean_loc(err["loc"])
-    path = ".".join(loc_clean)
-    kind = err["type"]
-    value = err.get("input")
-    if kind == "extra_forbidden":
-        parent_loc = loc_clean[:-1]
-        model = _model_at(Config, parent_loc) if parent_loc else Config
-        if parent_loc and parent_loc[0] == "data":
-            model = _data_model(raw)
-        allowed = sorted(model.model_fields) if model is not None else []
-        key = loc_clean[-1]
-        hint = closest(key, allowed)
-        did = f"; did you mean {hint!r}?" if hint else "."
-        where = ".".join(parent_loc) or "the top level"
-        return ConfigError(
-            path, f"unknown key {key!r} under {where}{did} Allowed keys: {', '.join(allowed)}."
-        )
-    msg = err["msg"]
-    if msg.startswith("Value error, "):
-        msg = msg[len("Value error, "):]
-    shown = _shown(value)
-    if kind == "missing":
-        return ConfigError(path, "this key is required.")
-    if kind == "union_tag_invalid" or kind == "union_tag_not_found":
-        data = raw.get("data") if isinstance(raw, dict) else None
-        name = data.get("name") if isinstance(data, dict) else None
-        text = name if isinstance(name, str) else _shown(name)
-        return ConfigError("data.name", unknown_name_message("data name", text, list(_DATA_MODELS)))
-    if kind == "literal_error":
-        options = re.findall(r"'([^']*)'", str(err.get("ctx", {}).get("expected", "")))
-        hint = closest(str(value), options) if isinstance(value, str) else None
-        did = f"; did you mean {hint!r}?" if hint else "."
-        return ConfigError(path, f"got {shown}: allowed {', '.join(map(repr, options))}{did}")
-    return ConfigError(path, f"got {shown}: {msg}.".replace("..", "."))
-
-
-def _data_model(raw: dict):
-    data = raw.get("data") if isinstance(raw, dict) else None
-    name = data.get("name", "spiral") if isinstance(data, dict) else "spiral"
-    return _DATA_MODELS.get(name) if isinstance(name, str) else None
-
-
-def validate(raw: Any) -> Config:
-    """Validate raw config data (a mapping) into a `Config`.
-
-    **Raises:** `ConfigError` naming the first bad key path, the value and what is allowed.
-
-    **Example:**
-
-    ```python
-    cfg = nodekit.validate_config({"solver": {"name": "dopri5"}, "train": {"steps": 10}})
-    ```
-    """
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError("", f"a config must be a mapping of sections, got {type(raw).__name__}.")
-    task = raw.get("task", "trajectory")
-    want = _TASK_DATA.get(task) if isinstance(task, str) else None
-    if want is not None and isinstance(raw.get("data", {}), dict) and "name" not in raw.get("data", {}):
-        raw = {**raw, "data": {"name": want, **raw.get("data", {})}}  # the task's default data
-    _refuse_booleans(raw, Config, [])
-    try:
-        cfg = Config.model_validate(raw)
-    except pydantic.ValidationError as e:
-        errors = e.errors()
-        # a wrong value is news to the user; a missing key often follows from it
-        first = next((x for x in errors if x["type"] != "missing"), errors[0])
-        raise _format_error(first, raw) from None
-    if cfg.data.name != _TASK_DATA[cfg.task]:
-        raise ConfigError("data.name", f"got {cfg.data.name!r}: task {cfg.task!r} reads "
-                                       f"{_TASK_DATA[cfg.task]!r} data.")
-    _check_lbfgs_loss(cfg)
-    _check_engine(cfg)
-    return cfg
-
-
-def _check_engine(cfg: "Config") -> None:
-    """`solver.engine: nodekit` with settings the engine cannot run is a config error
-    (the state-size budget is checked when the model is solved)."""
-    s, reg = cfg.solver, cfg.regularisation
-    if s.engine != "nodekit":
-        return
-    from ._odeint import engine_for
-
-    regularised = any(x is not None for x in (reg.kinetic, reg.jacobian, reg.taylor))
-    try:
-        engine_for(s.engine, solver=s.name, adjoint=s.adjoint, dt0=s.dt0,
-                   integrals="trapezoid" if regularised else None, checkpoints=s.checkpoints,
-                   max_steps=s.max_steps, y0=np.zeros((1,), np.float32))
-    except InputError as e:
-        raise ConfigError("solver.engine", str(e)) from None
-
-
-def load_yaml(path: str | Path) -> dict:
-    """Read a YAML config file with `yaml.safe_load` (no Python object tags).
-
-    **Raises:** `ConfigError` for a missing/unreadable file, bad UTF-8 or bad YAML.
-    """
-    p = Path(path)
-    if not p.exists():
-        raise ConfigError("", f"config file {str(p)!r} does not exist.")
-    if p.is_dir():
-        raise ConfigError("", f"config path {str(p)!r} is a directory; give a YAML file.")
-    try:
-        text = p.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ConfigError("", f"config file {str(p)!r} is not UTF-8 text (byte {e.start}).") from None
-    except OSError as e:
-        raise ConfigError("", f"cannot read config file {str(p)!r}: {e.strerror}.") from None
-    try:
-        _check_duplicate_keys(yaml.compose(text, Loader=yaml.SafeLoader), str(p))
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ConfigError("", f"{str(p)!r} is not valid YAML{where}: {problem}.") from None
-    except RecursionError:
-        raise ConfigError("", f"{str(p)!r} is nested too deeply to be a config.") from None
-    if data is None:
-        raise ConfigError("", f"config file {str(p)!r} is empty; start from configs/spiral.yaml "
-                              "(every key has a default, but an empty file is taken as a mistake).")
-    if not isinstance(data, dict):
-        raise ConfigError("", f"{str(p)!r} must hold a mapping of sections, got a {type(data).__name__}.")
-    _check_plain(data)
-    return data
-
-
-def _check_duplicate_keys(node, where: str) -> None:
-    """Refuse a mapping that repeats a key (PyYAML would keep the last one silently)."""
-    stack, seen = [node], set()
-    while stack:
-        node = stack.pop()
-        if node is None or id(node) in seen:
-            continue
-        seen.add(id(node))
-        if isinstance(node, yaml.MappingNode):
-            keys = set()
-            for k, v in node.value:
-                if isinstance(k, yaml.ScalarNode):
-                    if k.value in keys:
-                        line = k.start_mark.line + 1
-                        raise ConfigError(k.value, f"duplicate key {k.value!r} at line {line} "
-                                                   f"of {where!r}; keep one.")
-                    keys.add(k.value)
-                stack += [k, v]
-        elif isinstance(node, yaml.SequenceNode):
-            stack += node.value
-
-
-#: Limits on config data (a config is small: these only stop YAML alias bombs and
-#: self-referencing values, which would otherwise hang or crash validation).
-MAX_DEPTH, MAX_ITEMS = 32, 10_000
-
-
-def _check_plain(data) -> None:
-    """Refuse values nested deeper than `MAX_DEPTH`, larger than `MAX_ITEMS` (after
-    expanding YAML aliases) or referring to themselves, naming the top-level key."""
-    count = 0
-
-    def walk(x, path, depth, parents):
-        nonlocal count
-        count += 1
-        where = ".".join(path[:2]) or "the config"
-        if count > MAX_ITEMS:
-            raise ConfigError(where, f"the config holds more than {MAX_ITEMS} values "
-                                     "(a YAML alias expanding without bound?).")
-        if depth > MAX_DEPTH:
-            raise ConfigError(where, f"a value nested more than {MAX_DEPTH} levels deep.")
-        if isinstance(x, (dict, list)):
-            if id(x) in parents:
-                raise ConfigError(where, "a value that contains itself (a recursive YAML alias).")
-            parents = parents | {id(x)}
-            items = x.items() if isinstance(x, dict) else enumerate(x)
-            for k, v in items:
-                walk(v, path + [str(k)], depth + 1, parents)
-
-    walk(data, [], 0, frozenset())
-
-
-def apply_overrides(raw: dict, overrides: list[str]) -> dict:
-    """Apply `key.path=value` overrides (values parsed as YAML scalars) to raw config
-    data. Types and key names are checked when the result is validated.
-
-    **Raises:** `ConfigError` for a malformed override.
-    """
-    _check_plain(raw)
-    raw = json.loads(json.dumps(raw))  # deep copy of plain (checked acyclic) data
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(
-                "", f"override {item!r} must look like key.path=value (e.g. solver.rtol=1e-5)."
-            )
-        key, _, text = item.partition("=")
-        parts = key.strip().split(".")
-        if not all(parts):
-            raise ConfigError(key, f"override {item!r} has an empty key segment.")
-        try:
-            value = yaml.safe_load(text) if text.strip() else None
-        except (yaml.YAMLError, RecursionError):
-            value = text
-        _check_plain({key: value})
-        node = raw
-        for i, part in enumerate(parts[:-1]):
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                raise ConfigError(
-                    ".".join(parts[: i + 1]),
-                    f"cannot set {key!r}: {'.'.join(parts[: i + 1])!r} is a value, not a section.",
-                )
-            node = child
-        node[parts[-1]] = value
-    return raw
-
-
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Load, override and validate a config.
-
-    **Arguments:**
-
-    - `path`: a YAML file (or `None` for all defaults).
-    - `overrides`: `["solver.rtol=1e-5", ...]`.
-
-    **Returns:** a validated `Config`.
-
-    **Raises:** `ConfigError`.
-
-    **Example:**
-
-    ```python
-    cfg = nodekit.load_config("configs/spiral.yaml", ["train.steps=100"])
-    ```
-    """
-    raw = load_yaml(path) if path is not None else {}
-    if overrides:
-        raw = apply_overrides(raw, overrides)
-    return validate(raw)
-
-
-def dump_yaml(cfg: Config) -> str:
-    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

@@ -4,241 +4,25 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import signal
 import time
 from pathlib import Path
-from typing import Any, Callable
 
 import equinox as eqx
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 
+from ._build import build_state, enable_compile_cache, setup_devices
 from ._checkpoint import load_checkpoint, save_checkpoint
-from ._compiled_step import CompiledStep
-from ._config import LBFGS_KWARGS, Config, OptimizerConfig, dump_yaml, load_config, validate
-from ._errors import (
-    CheckpointError,
-    ConfigError,
-    InputError,
-    SolverError,
-    TrainingFault,
-    solver_failure_message,
-)
+from ._config import Config, dump_yaml, load_config, validate
+from ._errors import SolverError, TrainingFault, solver_failure_message
 from ._odeint import result_name
-from ._tasks import AbstractTask, make_task
+from ._optim import make_optimizer
+from ._rundir import Workdir, atomic_write_bytes, json_float, truncate_metrics
+from ._step import CompiledStep, step_body
+from .tasks import AbstractTask, make_task
 
 _PROCESS_START = time.perf_counter()
-
-
-# ----------------------------------------------------------------- optimiser
-
-
-def make_optimizer(cfg: OptimizerConfig, total_steps: int) -> optax.GradientTransformation:
-    """An Optax optimiser from its config: name, learning rate and schedule, gradient
-    clipping, weight decay and extra keyword arguments.
-
-    **Example:**
-
-    ```python
-    optim = make_optimizer(OptimizerConfig(name="adamw", learning_rate=3e-3,
-                                           schedule="warmup_cosine", warmup_steps=100), 1000)
-    ```
-
-    `name="lbfgs"` gives `optax.lbfgs` with a zoom line search (`kwargs`: `memory_size`,
-    `max_linesearch_steps`): meant for full-batch fine-tuning of a deterministic loss,
-    e.g. a UDE after Adam. Its `update` needs `value`, `grad` and `value_fn`, which the
-    training step passes (see `step_body`); the config refuses schedules, clipping,
-    weight decay, minibatches and noisy losses with it.
-    """
-    if cfg.name == "lbfgs":
-        opts = {**LBFGS_KWARGS, **{k: int(v) for k, v in cfg.kwargs.items()}}
-        linesearch = optax.scale_by_zoom_linesearch(
-            max_linesearch_steps=opts["max_linesearch_steps"], initial_guess_strategy="one")
-        return optax.lbfgs(cfg.learning_rate, memory_size=opts["memory_size"],
-                           linesearch=linesearch)
-    lr: Any = cfg.learning_rate
-    if cfg.schedule == "cosine":
-        lr = optax.cosine_decay_schedule(cfg.learning_rate, total_steps, alpha=cfg.decay_rate)
-    elif cfg.schedule == "warmup_cosine":
-        lr = optax.warmup_cosine_decay_schedule(
-            0.0, cfg.learning_rate, max(cfg.warmup_steps, 1), max(total_steps, cfg.warmup_steps + 1),
-            end_value=cfg.learning_rate * cfg.decay_rate,
-        )
-    elif cfg.schedule == "exponential":
-        lr = optax.exponential_decay(cfg.learning_rate, total_steps, cfg.decay_rate)
-    kwargs = dict(cfg.kwargs)
-    if cfg.name == "adamw":
-        kwargs.setdefault("weight_decay", cfg.weight_decay)
-    try:
-        base = getattr(optax, cfg.name)(lr, **kwargs)
-    except TypeError as e:
-        raise InputError(f"optimizer.kwargs: {cfg.name} does not accept {sorted(cfg.kwargs)}: {e}") from None
-    chain = []
-    if cfg.clip_norm is not None:
-        chain.append(optax.clip_by_global_norm(cfg.clip_norm))
-    if cfg.weight_decay and cfg.name != "adamw":
-        chain.append(optax.add_decayed_weights(cfg.weight_decay))
-    chain.append(base)
-    return optax.chain(*chain) if len(chain) > 1 else base
-
-
-def _needs_value_fn(opt_state) -> bool:
-    """Whether the optimiser holds a line search (e.g. `lbfgs`), whose `update` needs
-    the loss's `value`, `grad` and `value_fn`. Decided from the state's types when the
-    step is traced, so other optimisers' step is unchanged."""
-    searches = (optax.ScaleByZoomLinesearchState, optax.ScaleByBacktrackingLinesearchState)
-    leaves = jax.tree_util.tree_leaves(opt_state, is_leaf=lambda x: isinstance(x, searches))
-    return any(isinstance(x, searches) for x in leaves)
-
-
-# ----------------------------------------------------------------- the step
-
-
-def initial_state(config: Config, model_key):
-    """What a run of `config` starts from: `(task, model, optim, opt_state)` with the
-    model drawn from `model_key` (before any checkpoint is resumed).
-
-    The model and optimiser state are built in one compiled call rather than op by op:
-    each eager op (every weight's `uniform`, every `zeros_like` of the optimiser state)
-    is its own small XLA program, compiled or read from the persistent cache one at a
-    time, which cost ~0.2 s of a warm run's start (benchmarks/RESULTS.md, first step).
-
-    **Example:**
-
-    ```python
-    task, model, optim, opt_state = initial_state(cfg, jax.random.PRNGKey(0))
-    step = nodekit.make_step(task.loss, optim)
-    ```
-    """
-    task = make_task(config)
-    optim = make_optimizer(config.optimizer, config.train.steps)
-    model, opt_state, _ = _build(task, optim, model_key, split=False)
-    return task, model, optim, opt_state
-
-
-def _build(task: AbstractTask, optim, key, *, split: bool):
-    """`(model, opt_state, train_key)` from `key` in one compiled call; with `split`, the
-    key is a seed, split into the model's key and the training key (else `train_key` is
-    None and `key` draws the model)."""
-
-    def build(key):
-        train_key = None
-        if split:
-            key, train_key = jax.random.split(jax.random.PRNGKey(key))
-        model = task.make_model(key)
-        return model, optim.init(eqx.filter(model, eqx.is_inexact_array)), train_key
-
-    return eqx.filter_jit(build)(key)
-
-
-def step_body(loss_fn: Callable, optim: optax.GradientTransformation) -> Callable:
-    """The un-jitted training step (see `make_step`)."""
-
-    def step(model, opt_state, batch, key):
-        (loss, aux), grads = eqx.filter_value_and_grad(loss_fn, has_aux=True)(model, batch, key)
-        params = eqx.filter(model, eqx.is_inexact_array)
-        if _needs_value_fn(opt_state):
-            # a line search (lbfgs): the loss on this step's batch and key, as a
-            # function of the parameters alone
-            static = eqx.filter(model, eqx.is_inexact_array, inverse=True)
-            value_fn = lambda p: loss_fn(eqx.combine(p, static), batch, key)[0]  # noqa: E731
-            updates, new_opt_state = optim.update(grads, opt_state, params, value=loss,
-                                                  grad=grads, value_fn=value_fn)
-            aux = dict(aux, linesearch_steps=optax.tree_utils.tree_get(
-                new_opt_state, "num_linesearch_steps").astype(jnp.float32))
-        else:
-            updates, new_opt_state = optim.update(grads, opt_state, params)
-        new_model = eqx.apply_updates(model, updates)
-        grad_norm = optax.tree.norm(grads)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        keep = lambda new, old: jax.tree_util.tree_map(
-            lambda a, b: jnp.where(finite, a, b) if eqx.is_array(a) else a, new, old
-        )
-        metrics = dict(aux, loss=loss, grad_norm=grad_norm, finite=finite)
-        return keep(new_model, model), keep(new_opt_state, opt_state), metrics
-
-    return step
-
-
-def make_step(loss_fn: Callable, optim: optax.GradientTransformation) -> Callable:
-    """One compiled training step: value-and-grad of `loss_fn(model, batch, key)`, an
-    Optax update, and a guard that leaves the model and optimiser state unchanged when
-    the loss or the gradients are non-finite (the step is then reported, not applied).
-
-    **Arguments:**
-
-    - `loss_fn`: `loss_fn(model, batch, key) -> (loss, aux)` with `aux` a dict of scalars.
-    - `optim`: an Optax optimiser (e.g. from `make_optimizer`).
-
-    **Returns:** `step(model, opt_state, batch, key) -> (model, opt_state, metrics)`,
-    wrapped in `eqx.filter_jit`; `metrics` holds `aux` plus `loss`, `grad_norm`, `finite`.
-    (`nodekit.train` runs the same body over flat arrays, cached on disk: see
-    `nodekit._compiled_step`.)
-
-    **Example:**
-
-    ```python
-    step = nodekit.make_step(loss_fn, optax.adam(1e-3))
-    model, opt_state, metrics = step(model, opt_state, batch, jax.random.PRNGKey(0))
-    ```
-    """
-    return eqx.filter_jit(step_body(loss_fn, optim))
-
-
-# ----------------------------------------------------------------- helpers
-
-
-def enable_compile_cache(path: str | None = None) -> str:
-    """Turn on JAX's persistent compilation cache (default `~/.cache/nodekit/xla`, or
-    `$NODEKIT_CACHE_DIR`). A second run with the same config and shapes then loads the
-    compiled step instead of compiling it."""
-    path = path or os.environ.get("NODEKIT_CACHE_DIR") or str(Path.home() / ".cache" / "nodekit" / "xla")
-    Path(path).mkdir(parents=True, exist_ok=True)
-    jax.config.update("jax_compilation_cache_dir", path)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
-    return path
-
-
-def setup_devices(config: Config):
-    """The data-parallel layout for a run: `(mesh, batch_sharding, replicated)`.
-
-    A 1-D `Mesh` named `"batch"` over the first `train.devices` devices (all of them for
-    `"all"`, across hosts after `jax.distributed.initialize`): batches are split along
-    their leading axis, parameters and optimiser state are replicated, and XLA inserts
-    the gradient all-reduce. One device is the same code path with a mesh of one.
-
-    **Raises:** `ConfigError` when more devices are asked for than exist, or the batch
-    size does not divide among them.
-    """
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec
-
-    dist = config.distributed
-    if dist.enabled and not jax.distributed.is_initialized():
-        jax.distributed.initialize(
-            coordinator_address=dist.coordinator_address,
-            num_processes=dist.num_processes,
-            process_id=dist.process_id,
-        )
-    available = jax.devices()
-    n = len(available) if config.train.devices == "all" else config.train.devices
-    if n > len(available):
-        raise ConfigError(
-            "train.devices",
-            f"got {n}, but only {len(available)} {available[0].platform} device(s) are "
-            "visible. Use 'all' or a smaller count (on CPU, XLA_FLAGS="
-            "--xla_force_host_platform_device_count=N makes N host devices).",
-        )
-    if config.train.batch_size % n:
-        raise ConfigError(
-            "train.batch_size",
-            f"got {config.train.batch_size}: must be divisible by the {n} devices of train.devices.",
-        )
-    mesh = Mesh(np.array(available[:n]), ("batch",))
-    return mesh, NamedSharding(mesh, PartitionSpec("batch")), NamedSharding(mesh, PartitionSpec())
 
 
 def _to_host(metrics: dict) -> dict:
@@ -247,38 +31,6 @@ def _to_host(metrics: dict) -> dict:
         v = np.asarray(v)
         out[k] = bool(v) if v.dtype == bool else float(v)
     return out
-
-
-def _json_float(x):
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
-
-
-class _Workdir:
-    def __init__(self, path: Path):
-        self.path = path
-        self.ckpt_dir = path / "checkpoints"
-        self.plot_dir = path / "plots"
-        self.latest = self.ckpt_dir / "latest.nkc"
-        self.best = self.ckpt_dir / "best.nkc"
-        self.metrics = path / "metrics.jsonl"
-        self.summary = path / "summary.json"
-        self.config = path / "config.yaml"
-
-    def prepare(self):
-        try:
-            self.path.mkdir(parents=True, exist_ok=True)
-            self.ckpt_dir.mkdir(exist_ok=True)
-            self.plot_dir.mkdir(exist_ok=True)
-            probe = self.path / ".write-test"
-            probe.write_text("ok")
-            probe.unlink()
-        except OSError as e:
-            raise InputError(
-                f"workdir {str(self.path)!r} is not writable ({e.strerror}); choose another "
-                "with --workdir."
-            ) from None
 
 
 class _Progress:
@@ -329,9 +81,6 @@ class _Stop:
             signal.signal(sig, old)
 
 
-# ----------------------------------------------------------------- train
-
-
 def train(config: Config | dict | str | Path, workdir: str | Path, *, restart: bool = False,
           progress: bool | None = None) -> dict:
     """Train the model a config describes, writing the run's files into `workdir`.
@@ -365,7 +114,7 @@ def train(config: Config | dict | str | Path, workdir: str | Path, *, restart: b
         config = load_config(config)
     elif isinstance(config, dict):
         config = validate(config)
-    wd = _Workdir(Path(workdir))
+    wd = Workdir(Path(workdir))
     wd.prepare()
     if config.precision == "float64":
         jax.config.update("jax_enable_x64", True)
@@ -375,7 +124,7 @@ def train(config: Config | dict | str | Path, workdir: str | Path, *, restart: b
     task = make_task(config)
     optim = make_optimizer(config.optimizer, config.train.steps)
     # the seed's split, the model and the optimiser state: one compiled call
-    model, opt_state, train_key = _build(task, optim, np.uint32(config.seed), split=True)
+    model, opt_state, train_key = build_state(task, optim, np.uint32(config.seed), split=True)
 
     start_step, best = 0, math.inf
     resumed = False
@@ -393,7 +142,7 @@ def train(config: Config | dict | str | Path, workdir: str | Path, *, restart: b
         f"# resolved config written by nodekit; rerun with: nodekit train {wd.config}\n"
         + dump_yaml(config)
     )
-    history = _truncate_metrics(wd.metrics, start_step) if resumed else []
+    history = truncate_metrics(wd.metrics, start_step) if resumed else []
 
     mesh, batch_sharding, replicated = setup_devices(config)
     single = mesh.devices.size == 1
@@ -415,27 +164,8 @@ def train(config: Config | dict | str | Path, workdir: str | Path, *, restart: b
     return runner.run(model, opt_state, start_step, t_start, show, resumed)
 
 
-def _truncate_metrics(path: Path, step: int) -> list[dict]:
-    """Drop metric rows past the checkpoint (they are recomputed on resume); returns the
-    kept training rows, so the summary covers the whole run."""
-    if not path.exists():
-        return []
-    keep, rows = [], []
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-            if row["step"] < step:
-                keep.append(line)
-                if not row.get("eval"):
-                    rows.append(row)
-        except (json.JSONDecodeError, KeyError, TypeError):
-            continue
-    path.write_text("".join(l + "\n" for l in keep))
-    return rows
-
-
 class _Runner:
-    def __init__(self, config: Config, task: AbstractTask, compiled: CompiledStep, wd: _Workdir,
+    def __init__(self, config: Config, task: AbstractTask, compiled: CompiledStep, wd: Workdir,
                  train_key, best):
         self.config, self.task, self.wd = config, task, wd
         self.train_key = train_key
@@ -448,7 +178,7 @@ class _Runner:
     # -- checkpoints
     def save(self, path: Path, leaves, step: int):
         save_checkpoint(path, self.compiled.unflatten(leaves), step=step, config_hash=self.config.hash(),
-                        meta={"best": _json_float(self.best)})
+                        meta={"best": json_float(self.best)})
 
     def run(self, model, opt_state, start: int, t_start: float, show: bool, resumed: bool) -> dict:
         cfg = self.config.train
@@ -559,7 +289,7 @@ class _Runner:
         row["nfe_backward"] = row["nfe_forward"] if adj in ("recursive", "direct") else None
         self.history.append(row)
         if step % cfg.log_every == 0 or step == cfg.steps - 1:
-            f.write(json.dumps({k: _json_float(v) for k, v in row.items()}) + "\n")
+            f.write(json.dumps({k: json_float(v) for k, v in row.items()}) + "\n")
             f.flush()
 
     def _eval(self, model, step: int, f):
@@ -567,7 +297,7 @@ class _Runner:
         self.last_eval = ev
         if f is None:
             return
-        f.write(json.dumps({"step": step - 1, "eval": True, **{k: _json_float(v) for k, v in ev.items()}}) + "\n")
+        f.write(json.dumps({"step": step - 1, "eval": True, **{k: json_float(v) for k, v in ev.items()}}) + "\n")
 
     def _summary(self, status, model, t_start, t_first, first_step_s, start, fault) -> dict:
         h = self.history
@@ -582,7 +312,7 @@ class _Runner:
             "final_loss": last.get("loss"),
             "final_loss_task": last.get("loss_task"),
             "eval_loss": self.last_eval.get("eval_loss"),
-            "best_eval_loss": _json_float(self.best),
+            "best_eval_loss": json_float(self.best),
             "eval_nfe": self.last_eval.get("eval_nfe"),
             "wall_time_s": time.perf_counter() - t_start,
             "time_to_first_step_s": t_first,
@@ -608,7 +338,5 @@ class _Runner:
             summary["plots"] = [str(p) for p in plots if p]
         except Exception as e:  # a plot must never lose a run
             summary["plot_error"] = f"{type(e).__name__}: {e}"
-        from ._checkpoint import atomic_write_bytes
-
-        atomic_write_bytes(self.wd.summary, (json.dumps({k: _json_float(v) for k, v in summary.items()}, indent=2) + "\n").encode())
+        atomic_write_bytes(self.wd.summary, (json.dumps({k: json_float(v) for k, v in summary.items()}, indent=2) + "\n").encode())
         return summary

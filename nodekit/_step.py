@@ -1,4 +1,6 @@
-"""The training step as a function of flat arrays, traced once and cached on disk.
+"""The compiled training step: `step_body` (value and gradient of a loss, an Optax
+update, a guard against non-finite values), `make_step` for Python callers, and
+`CompiledStep`, the same body over flat arrays, traced once and cached on disk.
 
 Two start-up and dispatch levers live here:
 
@@ -23,9 +25,66 @@ from typing import Any, Callable
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 
-from ._checkpoint import atomic_write_bytes
+from ._optim import needs_value_fn
+from ._rundir import atomic_write_bytes
+
+
+def step_body(loss_fn: Callable, optim: optax.GradientTransformation) -> Callable:
+    """The un-jitted training step (see `make_step`)."""
+
+    def step(model, opt_state, batch, key):
+        (loss, aux), grads = eqx.filter_value_and_grad(loss_fn, has_aux=True)(model, batch, key)
+        params = eqx.filter(model, eqx.is_inexact_array)
+        if needs_value_fn(opt_state):
+            # a line search (lbfgs): the loss on this step's batch and key, as a
+            # function of the parameters alone
+            static = eqx.filter(model, eqx.is_inexact_array, inverse=True)
+            value_fn = lambda p: loss_fn(eqx.combine(p, static), batch, key)[0]  # noqa: E731
+            updates, new_opt_state = optim.update(grads, opt_state, params, value=loss,
+                                                  grad=grads, value_fn=value_fn)
+            aux = dict(aux, linesearch_steps=optax.tree_utils.tree_get(
+                new_opt_state, "num_linesearch_steps").astype(jnp.float32))
+        else:
+            updates, new_opt_state = optim.update(grads, opt_state, params)
+        new_model = eqx.apply_updates(model, updates)
+        grad_norm = optax.tree.norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        keep = lambda new, old: jax.tree_util.tree_map(
+            lambda a, b: jnp.where(finite, a, b) if eqx.is_array(a) else a, new, old
+        )
+        metrics = dict(aux, loss=loss, grad_norm=grad_norm, finite=finite)
+        return keep(new_model, model), keep(new_opt_state, opt_state), metrics
+
+    return step
+
+
+def make_step(loss_fn: Callable, optim: optax.GradientTransformation) -> Callable:
+    """One compiled training step: value-and-grad of `loss_fn(model, batch, key)`, an
+    Optax update, and a guard that leaves the model and optimiser state unchanged when
+    the loss or the gradients are non-finite (the step is then reported, not applied).
+
+    **Arguments:**
+
+    - `loss_fn`: `loss_fn(model, batch, key) -> (loss, aux)` with `aux` a dict of scalars.
+    - `optim`: an Optax optimiser (e.g. from `make_optimizer`).
+
+    **Returns:** `step(model, opt_state, batch, key) -> (model, opt_state, metrics)`,
+    wrapped in `eqx.filter_jit`; `metrics` holds `aux` plus `loss`, `grad_norm`, `finite`.
+    (`nodekit.train` runs the same body over flat arrays, cached on disk: see
+    `CompiledStep`.)
+
+    **Example:**
+
+    ```python
+    step = nodekit.make_step(loss_fn, optax.adam(1e-3))
+    model, opt_state, metrics = step(model, opt_state, batch, jax.random.PRNGKey(0))
+    ```
+    """
+    return eqx.filter_jit(step_body(loss_fn, optim))
 
 
 @contextlib.contextmanager
