@@ -11,6 +11,7 @@ from ._version import __version__ as __version__
 if TYPE_CHECKING:
     from ._config import (
         Config as Config,
+        builtin_configs as builtin_configs,
         load_config as load_config,
         validate as validate_config,
     )
@@ -68,6 +69,7 @@ _LAZY = {
     **{n: ("._neural_ode", n) for n in ("BATCH_MODES", "NeuralODE", "Solution")},
     "Config": ("._config", "Config"),
     "load_config": ("._config", "load_config"),
+    "builtin_configs": ("._config", "builtin_configs"),
     "validate_config": ("._config", "validate"),
     "make_optimizer": ("._optim", "make_optimizer"),
     "make_step": ("._step", "make_step"),

@@ -11,13 +11,20 @@ import sys
 from pathlib import Path
 
 
+def _version() -> str:
+    from ._version import __version__
+
+    return __version__
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nodekit", description="Neural ODEs on JAX.")
     p.add_argument("--debug", action="store_true", help="show Python tracebacks on errors")
+    p.add_argument("--version", action="version", version=f"nodekit {_version()}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     t = sub.add_parser("train", help="train from a YAML config (resumes a run in its workdir)")
-    t.add_argument("config", help="YAML config file")
+    t.add_argument("config", help="YAML config file, or a built-in config's name (spiral, tiny, density)")
     t.add_argument("--workdir", help="run folder (default: runs/<config name>)")
     t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set solver.rtol=1e-5 (repeatable)")
@@ -27,7 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
 
     v = sub.add_parser("validate", help="check a config and print the resolved one")
-    v.add_argument("config")
+    v.add_argument("config", help="YAML config file or a built-in config's name")
     v.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     v.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
 

@@ -2,10 +2,13 @@
 wording of config errors (`_wording`)."""
 
 from ._load import (
+    BUILTIN_DIR as BUILTIN_DIR,
     apply_overrides as apply_overrides,
+    builtin_configs as builtin_configs,
     dump_yaml as dump_yaml,
     load_config as load_config,
     load_yaml as load_yaml,
+    resolve_config as resolve_config,
     validate as validate,
 )
 from ._schema import (

@@ -94,14 +94,54 @@ def _check_engine(cfg: "Config") -> None:
         raise ConfigError("solver.engine", str(e)) from None
 
 
+#: Where the built-in configs live (shipped inside the package).
+BUILTIN_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+def builtin_configs() -> dict[str, Path]:
+    """The configs shipped with nodekit, by name: `spiral`, `tiny`, `density`, and each
+    paper reproduction's runs as `papers/<experiment>/<run>`.
+
+    **Example:**
+
+    ```python
+    sorted(nodekit.builtin_configs())[:3]   # ['density', 'papers/...', ...]
+    ```
+    """
+    return {p.relative_to(BUILTIN_DIR).with_suffix("").as_posix(): p
+            for p in sorted(BUILTIN_DIR.rglob("*.yaml"))}
+
+
+def resolve_config(path: str | Path) -> Path:
+    """The file a config argument names: an existing path as given, else a built-in
+    config's name (`spiral`, or `spiral.yaml`; see `builtin_configs`).
+
+    **Raises:** `ConfigError` when it is neither, listing the built-in names.
+    """
+    p = Path(path)
+    if p.exists():
+        return p
+    name = p.as_posix()[:-len(".yaml")] if p.suffix == ".yaml" else p.as_posix()
+    builtin = builtin_configs()
+    if name in builtin and len(p.parts) <= 3:
+        return builtin[name]
+    from .._errors import closest
+
+    hint = closest(name, list(builtin))
+    did = f"; did you mean the built-in config {hint!r}?" if hint else "."
+    tops = ", ".join(n for n in builtin if not n.startswith("papers/"))
+    raise ConfigError("", f"config file {str(p)!r} does not exist{did} Give a YAML file's "
+                          f"path or a built-in config's name ({tops}, or "
+                          "papers/<experiment>/<run>).")
+
+
 def load_yaml(path: str | Path) -> dict:
-    """Read a YAML config file with `yaml.safe_load` (no Python object tags).
+    """Read a YAML config file with `yaml.safe_load` (no Python object tags); `path` may
+    also name a built-in config (see `resolve_config`).
 
     **Raises:** `ConfigError` for a missing/unreadable file, bad UTF-8 or bad YAML.
     """
-    p = Path(path)
-    if not p.exists():
-        raise ConfigError("", f"config file {str(p)!r} does not exist.")
+    p = resolve_config(path)
     if p.is_dir():
         raise ConfigError("", f"config path {str(p)!r} is a directory; give a YAML file.")
     try:
@@ -223,7 +263,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
     **Arguments:**
 
-    - `path`: a YAML file (or `None` for all defaults).
+    - `path`: a YAML file, a built-in config's name (`"spiral"`; see
+      `builtin_configs`), or `None` for all defaults.
     - `overrides`: `["solver.rtol=1e-5", ...]`.
 
     **Returns:** a validated `Config`.

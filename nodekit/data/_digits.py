@@ -12,7 +12,13 @@ from ._split import LabelledData, Split, split_dataset
 
 @functools.lru_cache(maxsize=1)
 def _load() -> LabelledData:
-    from sklearn.datasets import load_digits
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        from .._errors import InputError
+
+        raise InputError("the 8x8 digits data set is read from scikit-learn, which is not "
+                         "installed: pip install 'nodekit[digits]' (or scikit-learn).") from None
 
     bunch = load_digits()
     x = (np.asarray(bunch.images, dtype=np.float32) / 16.0).reshape(-1, 1, 8, 8)
