@@ -81,11 +81,11 @@ def read_header(path) -> tuple[dict, bytes]:
 
     **Raises:** `CheckpointError` if the file is truncated, corrupt or not a checkpoint.
     """
+    from ._io import read_bytes_bounded
+
     path = Path(path)
-    try:
-        blob = path.read_bytes()
-    except OSError as e:
-        raise CheckpointError(f"cannot read checkpoint {str(path)!r}: {e.strerror}.") from None
+    blob = read_bytes_bounded(path, kind="checkpoint", what=f"checkpoint {str(path)!r}",
+                              error=CheckpointError)
     what = f"checkpoint {str(path)!r}"
     fix = (
         " Delete it to fall back to another checkpoint, or start fresh with "

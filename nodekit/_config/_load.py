@@ -119,7 +119,10 @@ def resolve_config(path: str | Path) -> Path:
     **Raises:** `ConfigError` when it is neither, listing the built-in names.
     """
     p = Path(path)
-    if p.exists():
+    try:
+        if p.exists() or p.is_symlink():
+            return p
+    except OSError:  # e.g. a name too long for the file system: reported when read
         return p
     name = p.as_posix()[:-len(".yaml")] if p.suffix == ".yaml" else p.as_posix()
     builtin = builtin_configs()
@@ -135,6 +138,10 @@ def resolve_config(path: str | Path) -> Path:
                           "papers/<experiment>/<run>).")
 
 
+def _ConfigFileError(message: str) -> ConfigError:
+    return ConfigError("", message)
+
+
 def load_yaml(path: str | Path) -> dict:
     """Read a YAML config file with `yaml.safe_load` (no Python object tags); `path` may
     also name a built-in config (see `resolve_config`).
@@ -142,14 +149,13 @@ def load_yaml(path: str | Path) -> dict:
     **Raises:** `ConfigError` for a missing/unreadable file, bad UTF-8 or bad YAML.
     """
     p = resolve_config(path)
-    if p.is_dir():
-        raise ConfigError("", f"config path {str(p)!r} is a directory; give a YAML file.")
+    from .._io import read_bytes_bounded
+
+    blob = read_bytes_bounded(p, kind="config", what=f"config file {str(p)!r}", error=_ConfigFileError)
     try:
-        text = p.read_bytes().decode("utf-8")
+        text = blob.decode("utf-8")
     except UnicodeDecodeError as e:
         raise ConfigError("", f"config file {str(p)!r} is not UTF-8 text (byte {e.start}).") from None
-    except OSError as e:
-        raise ConfigError("", f"cannot read config file {str(p)!r}: {e.strerror}.") from None
     try:
         _check_duplicate_keys(yaml.compose(text, Loader=yaml.SafeLoader), str(p))
         data = yaml.safe_load(text)
