@@ -136,6 +136,14 @@ def add_penalties(task_loss, penalties, regularisers, aux: dict):
     return total
 
 
+def as_data(x):
+    """A host array used inside a traced function (evaluation data closed over by
+    `evaluate`): behind an optimisation barrier, so that XLA does not constant-fold a
+    whole solve over constant per-series time grids (which it gives up on after a
+    while, with log noise and a slower compile)."""
+    return jax.lax.optimization_barrier(jnp.asarray(x))
+
+
 # ----------------------------------------------------------------- precision
 
 
@@ -254,7 +262,9 @@ class UserTarget:
         except Exception as e:
             raise ConfigError(self.key.rsplit(".", 1)[0] + ".kwargs",
                               f"calling {self.target!r} with {self.kwargs!r} failed: "
-                              f"{type(e).__name__}: {_one_line(e)}") from None
+                              f"{type(e).__name__}: {_one_line(e)} (the target is called "
+                              "with these kwargs to make the field: name a class or a "
+                              "factory, not the field function itself).") from None
         return cast_floats(obj, dtype)
 
     def check(self, size: int, dtype, key) -> None:

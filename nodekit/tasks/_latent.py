@@ -13,7 +13,14 @@ import numpy as np
 from .._config import Config
 from .._errors import InputError
 from ._base import AbstractTask
-from ._common import cast_floats, check_batch_size, file_fingerprint, solve_kwargs, split_parts
+from ._common import (
+    as_data,
+    cast_floats,
+    check_batch_size,
+    file_fingerprint,
+    solve_kwargs,
+    split_parts,
+)
 
 
 class LatentTask(AbstractTask):
@@ -170,9 +177,9 @@ class LatentTask(AbstractTask):
         grid, or each series' own times)."""
         from ..models import predict
 
-        times = jnp.asarray(self.eval_times if times is None else times)
-        values = jnp.asarray(self.eval_values if values is None else values)
-        mask = jnp.asarray(self.eval_mask if mask is None else mask)
+        times = as_data(self.eval_times if times is None else times)
+        values = as_data(self.eval_values if values is None else values)
+        mask = as_data(self.eval_mask if mask is None else mask)
         if pred_times is None and self.truth is not None:
             pred_times = self.grid
         if pred_times is None:  # each series at its own times
@@ -181,8 +188,8 @@ class LatentTask(AbstractTask):
         return predict(model, times, values, mask, jnp.asarray(pred_times), throw=False)[0]
 
     def evaluate(self, model):
-        out = self._eval(model, jnp.asarray(self.eval_times), jnp.asarray(self.eval_values),
-                         jnp.asarray(self.eval_mask))
+        out = self._eval(model, as_data(self.eval_times), as_data(self.eval_values),
+                         as_data(self.eval_mask))
         if self.truth is not None:
             sq = jnp.mean((self.predict(model) - jnp.asarray(self.truth)) ** 2, axis=(0, 2))
             end = self.obs_end

@@ -19,6 +19,7 @@ from ._base import AbstractTask
 from ._common import (
     UserTarget,
     add_penalties,
+    as_data,
     build_regularisers,
     cast_floats,
     check_batch_size,
@@ -228,8 +229,8 @@ class UDETask(AbstractTask):
         return {k: v[i] for k, v in self._arrays.items()}
 
     def _mse(self, model, b, key, regularisers=()):
-        ys, penalties, aux = solve_batch_regularised(model.ode.field, jnp.asarray(b["y0"]),
-                                                     jnp.asarray(b["ts"]), regularisers, key,
+        ys, penalties, aux = solve_batch_regularised(model.ode.field, as_data(b["y0"]),
+                                                     as_data(b["ts"]), regularisers, key,
                                                      self.config)
         mask = jnp.asarray(b["mask"])
         err = jnp.sum(mask * (ys - b["obs"]) ** 2) / jnp.maximum(jnp.sum(mask), 1.0)
