@@ -96,13 +96,16 @@ BUILTIN_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 
 def builtin_configs() -> dict[str, Path]:
-    """The configs shipped with nodekit, by name: `spiral`, `tiny`, `density`, and each
-    paper reproduction's runs as `papers/<experiment>/<run>`.
+    """The configs shipped with nodekit, by name: `spiral`, `tiny`, `density`, the
+    worked examples as `examples/<name>`, and each paper reproduction's runs as
+    `papers/<experiment>/<run>`.
 
     **Example:**
 
     ```python
-    sorted(nodekit.builtin_configs())[:3]   # ['density', 'papers/...', ...]
+    import nodekit
+
+    print(sorted(nodekit.builtin_configs())[:2])   # ['density', 'examples/irregular']
     ```
     """
     return {p.relative_to(BUILTIN_DIR).with_suffix("").as_posix(): p
