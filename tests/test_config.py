@@ -346,3 +346,20 @@ def test_paper_runs_are_configs(name):
     model = eqx.filter_eval_shape(task.make_model, jax.random.PRNGKey(0))
     assert task.n_train >= cfg.train.batch_size and model is not None
     assert json.loads(json.dumps(cfg.to_dict())) == cfg.to_dict()
+
+
+def test_device_counts_are_checked_by_the_gate(tmp_path):
+    """More devices than this machine has, or a batch they cannot share, is refused by
+    `validate` as by `train`."""
+    path = tmp_path / "d.yaml"
+    path.write_text("train: {devices: 64, batch_size: 64}\n")
+    rc_v, err_v = _cli("validate", path)
+    assert rc_v == 2 and "train.devices: got 64, but only" in err_v, err_v
+    assert _refused({"train": {"devices": 2, "batch_size": 7}}).path == "train.batch_size"
+
+
+def test_optimizer_kwargs_are_checked_against_optax():
+    e = _refused({"optimizer": {"name": "adam", "kwargs": {"beta1": 0.8}}})
+    assert e.path == "optimizer.kwargs.beta1" and "Allowed: b1, b2" in e.message, str(e)
+    assert nodekit.validate_config({"optimizer": {"kwargs": {"b1": 0.8}}}).optimizer.kwargs == {
+        "b1": 0.8}

@@ -344,6 +344,28 @@ class OptimizerConfig(_Strict):
             data = {**data, "learning_rate": 1.0}
         return data
 
+    @field_validator("kwargs")
+    @classmethod
+    def _optax_takes_them(cls, v, info):
+        """Each of `kwargs` must be a keyword argument of the Optax optimiser (checked
+        here so that `validate` refuses what building the optimiser would)."""
+        name = info.data.get("name")
+        if not v or name is None or name == "lbfgs":
+            return v
+        import inspect
+
+        import optax
+
+        params = [p for p in inspect.signature(getattr(optax, name)).parameters
+                  if p != "learning_rate"]
+        for k in v:
+            if k not in params:
+                hint = closest(k, params)
+                did = f"; did you mean {hint!r}?" if hint else "."
+                raise ConfigError(k, f"not an option of optax.{name}{did} "
+                                                 f"Allowed: {', '.join(params)}.")
+        return v
+
     @field_validator("schedule", "clip_norm", "weight_decay", "kwargs")
     @classmethod
     def _lbfgs_fits(cls, v, info):
@@ -742,6 +764,7 @@ class Config(_Strict):
         _check_file_data(self)
         _check_regularisation(self)
         _check_batch_sizes(self)
+        _check_devices(self)
         _check_lbfgs_loss(self)
         _check_engine(self)
         return self
@@ -879,6 +902,15 @@ def _check_batch_sizes(cfg: Config) -> None:
     if d.name == "lotka_volterra" and bs > 1:
         raise ConfigError("train.batch_size", f"got {bs}: lotka_volterra is one trajectory; "
                                               "set train.batch_size: 1.")
+
+
+def _check_devices(cfg: Config) -> None:
+    """A batch that a count of devices cannot share evenly (the count of devices this
+    machine has is checked when the task is built, `nodekit.tasks.make_task`)."""
+    n, bs = cfg.train.devices, cfg.train.batch_size
+    if isinstance(n, int) and bs % n:
+        raise ConfigError("train.batch_size", f"got {bs}: must be divisible by the {n} "
+                                              "devices of train.devices.")
 
 
 def _full_batch(cfg: Config) -> int | None:

@@ -29,8 +29,9 @@ def make_task(config) -> AbstractTask:
 
     This is the second half of the gate (after `nodekit.validate_config`/
     `nodekit.load_config`): it reads or generates the data and checks what depends on
-    it (the user's data file, batch sizes, the user's `python` field), so a config it
-    accepts will train. `nodekit validate` calls it too.
+    it or on this machine (the user's data file, batch sizes, the user's `python`
+    field, the devices `train.devices` asks for), so a config it accepts will train.
+    `nodekit validate` calls it too.
 
     **Arguments:**
 
@@ -51,4 +52,29 @@ def make_task(config) -> AbstractTask:
     print(type(task).__name__, task.n_train)     # TrajectoryTask 95
     ```
     """
+    _check_devices(config)
     return TASKS[config.task](config)
+
+
+def _check_devices(config) -> None:
+    """The devices `train.devices` asks for, against the devices this machine has (as
+    the training loop will find them; a multi-host run counts them after start-up)."""
+    if config.distributed.enabled:
+        return
+    import jax
+
+    from .._errors import ConfigError
+
+    available = jax.devices()
+    want = config.train.devices
+    n = len(available) if want == "all" else want
+    if n > len(available):
+        raise ConfigError(
+            "train.devices",
+            f"got {n}, but only {len(available)} {available[0].platform} device(s) are "
+            "visible. Use 'all' or a smaller count (on CPU, XLA_FLAGS="
+            "--xla_force_host_platform_device_count=N makes N host devices).",
+        )
+    if config.train.batch_size % n:
+        raise ConfigError("train.batch_size", f"got {config.train.batch_size}: must be "
+                                              f"divisible by the {n} devices of train.devices.")
