@@ -199,7 +199,8 @@ def _number(path, line: int, column: str, cell: str) -> float:
         x = float(cell)
     except ValueError:
         raise InputError(f"{_what(path)}: line {line}, column {column!r}: {cell!r} is not a "
-                         "number.") from None
+                         "number (cells hold numbers; an empty cell is a missing value, "
+                         "which only the latent task accepts).") from None
     if math.isinf(x):
         raise InputError(f"{_what(path)}: line {line}, column {column!r}: {cell!r} is not "
                          "finite; only finite numbers (or an empty cell, where missing "
