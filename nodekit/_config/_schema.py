@@ -95,6 +95,8 @@ def _base_dir(info) -> Path:
 
 def _resolve(path: str, info) -> str:
     """`path` made absolute against the config's folder (`~` expanded)."""
+    if "\x00" in path:
+        raise ValueError("a path cannot hold a NUL character")
     p = Path(path).expanduser()
     if not p.is_absolute():
         p = _base_dir(info) / p

@@ -31,6 +31,8 @@ def _what(path) -> str:
 def _read(path) -> bytes:
     from .._io import read_bytes_bounded
 
+    if "\x00" in str(path):
+        raise InputError(f"{_what(path)}: a path cannot hold a NUL character.")
     return read_bytes_bounded(path, kind="data", what=_what(path))
 
 
@@ -290,6 +292,9 @@ def read_trajectories(
     if _suffix(path) == ".npz":
         return _npz_trajectories(path, blob, state, allow_missing, task)
     header, body = _csv_rows(path, blob)
+    if series is not None and series == time:
+        raise InputError(f"{_what(path)}: data.series names the time column {time!r}; it "
+                         "names the column that tells the trajectories apart.")
     ti = _column(path, header, "data.time", time)
     si = _column(path, header, "data.series", series) if series is not None else None
     exclude = [time] + ([series] if series is not None else [])

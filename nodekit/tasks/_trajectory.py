@@ -103,7 +103,8 @@ class TrajectoryTask(AbstractTask):
         if short:
             sid, n = short[0]
             which = f"series {sid!r}" if d.series is not None else "the trajectory"
-            raise InputError(f"data file {d.path!r}: {which} has {n} points, fewer than "
+            raise InputError(f"data file {d.path!r}: {which} has {n} point"
+                             f"{'s' if n != 1 else ''}, fewer than "
                              f"data.batch_time = {k} (each training segment takes "
                              f"batch_time consecutive points); lower data.batch_time "
                              f"or drop the short series.")
