@@ -75,6 +75,9 @@ def _cmd_validate(args) -> int:
     from ._config import dump_yaml, load_config
 
     config = load_config(args.config, args.overrides)
+    from .tasks import make_task
+
+    make_task(config)  # the data and the user's code: checked as train checks them
     sys.stdout.write(dump_yaml(config))
     print(f"# ok: {args.config} is valid (config hash {config.hash()})", file=sys.stderr)
     return 0

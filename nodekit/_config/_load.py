@@ -4,53 +4,71 @@ which turns raw data into a `Config` or one `ConfigError` naming the key."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pydantic
 import yaml
 
-from .._errors import ConfigError, InputError
-from ._schema import _TASK_DATA, Config, _check_lbfgs_loss
-from ._wording import _data_model, _format_error, _sub_model
-
-def _allows_bool(annotation) -> bool:
-    if annotation is bool:
-        return True
-    return any(_allows_bool(a) for a in getattr(annotation, "__args__", ()) or ())
+from .._errors import ConfigError
+from ._schema import TASK_DATA, Config
+from ._wording import _format_error
 
 
-def _refuse_booleans(raw, cls, path) -> None:
-    """pydantic's lax mode reads YAML `true` as 1 for a number field; refuse it (a
-    boolean where a number or name belongs is a typo), naming the key."""
-    if not isinstance(raw, dict):
-        return
-    for key, value in raw.items():
-        field = cls.model_fields.get(key) if isinstance(key, str) else None
-        if field is None:
-            continue
-        ann = field.annotation
-        if isinstance(value, bool) and not _allows_bool(ann):
-            raise ConfigError(".".join(path + [key]), f"got {value!r}: expected a number or "
-                                                      "name, not a boolean.")
-        if key == "data" and cls is Config:
-            sub = _data_model({"data": value})
-        else:
-            sub = _sub_model(ann)
-        if sub is not None:
-            _refuse_booleans(value, sub, path + [key])
+class ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading numbers as YAML 1.2 does: `1e-5` and `1E+3` are
+    floats (YAML 1.1, PyYAML's default, wants a dot and reads them as strings)."""
 
 
-def validate(raw: Any) -> Config:
-    """Validate raw config data (a mapping) into a `Config`.
+ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"""),
+    list("-+0123456789"),
+)
+
+#: Python refuses to read integers longer than this (a guard against slow parsing).
+MAX_INT_DIGITS = 4300
+
+
+def _too_long_int(text: str) -> bool:
+    digits = text.lstrip("+-").replace("_", "")
+    return digits.isdigit() and len(digits) > MAX_INT_DIGITS
+
+
+def _int_message(text: str) -> str:
+    n = len(text.lstrip("+-").replace("_", ""))
+    return (f"got an integer of {n} digits: no config value needs more than "
+            f"{MAX_INT_DIGITS} digits.")
+
+
+def _yaml_value(text: str):
+    """One `--set` value parsed as a YAML scalar (with `ConfigLoader`)."""
+    return yaml.load(text, Loader=ConfigLoader)
+
+
+def validate(raw: Any, *, base_dir: str | Path | None = None) -> Config:
+    """Validate raw config data (a mapping) into a `Config`: the one gate that both
+    `nodekit validate` and `nodekit train` pass through (the checks that need the data
+    run when the task is built, `nodekit.tasks.make_task`).
+
+    **Arguments:**
+
+    - `raw`: the config as plain data (sections as mappings).
+    - `base_dir`: the folder that relative paths in the config (`data.path`,
+      `model.field.path`, ...) are resolved against; default the current directory.
+
+    **Returns:** a validated `Config` (paths absolute; `config.base_dir` is the folder).
 
     **Raises:** `ConfigError` naming the first bad key path, the value and what is allowed.
 
     **Example:**
 
     ```python
+    import nodekit
+
     cfg = nodekit.validate_config({"solver": {"name": "dopri5"}, "train": {"steps": 10}})
+    print(cfg.solver.name)
     ```
     """
     if raw is None:
@@ -58,40 +76,19 @@ def validate(raw: Any) -> Config:
     if not isinstance(raw, dict):
         raise ConfigError("", f"a config must be a mapping of sections, got {type(raw).__name__}.")
     task = raw.get("task", "trajectory")
-    want = _TASK_DATA.get(task) if isinstance(task, str) else None
+    want = TASK_DATA.get(task) if isinstance(task, str) else None
     if want is not None and isinstance(raw.get("data", {}), dict) and "name" not in raw.get("data", {}):
-        raw = {**raw, "data": {"name": want, **raw.get("data", {})}}  # the task's default data
-    _refuse_booleans(raw, Config, [])
+        raw = {**raw, "data": {"name": want[0], **raw.get("data", {})}}  # the task's default data
+    base = Path(base_dir).resolve() if base_dir is not None else Path.cwd()
     try:
-        cfg = Config.model_validate(raw)
+        cfg = Config.model_validate(raw, context={"base_dir": base})
     except pydantic.ValidationError as e:
         errors = e.errors()
         # a wrong value is news to the user; a missing key often follows from it
         first = next((x for x in errors if x["type"] != "missing"), errors[0])
         raise _format_error(first, raw) from None
-    if cfg.data.name != _TASK_DATA[cfg.task]:
-        raise ConfigError("data.name", f"got {cfg.data.name!r}: task {cfg.task!r} reads "
-                                       f"{_TASK_DATA[cfg.task]!r} data.")
-    _check_lbfgs_loss(cfg)
-    _check_engine(cfg)
+    cfg._base_dir = base
     return cfg
-
-
-def _check_engine(cfg: "Config") -> None:
-    """`solver.engine: nodekit` with settings the engine cannot run is a config error
-    (the state-size budget is checked when the model is solved)."""
-    s, reg = cfg.solver, cfg.regularisation
-    if s.engine != "nodekit":
-        return
-    from .._odeint import engine_for
-
-    regularised = any(x is not None for x in (reg.kinetic, reg.jacobian, reg.taylor))
-    try:
-        engine_for(s.engine, solver=s.name, adjoint=s.adjoint, dt0=s.dt0,
-                   integrals="trapezoid" if regularised else None, checkpoints=s.checkpoints,
-                   max_steps=s.max_steps, y0=np.zeros((1,), np.float32))
-    except InputError as e:
-        raise ConfigError("solver.engine", str(e)) from None
 
 
 #: Where the built-in configs live (shipped inside the package).
@@ -99,13 +96,16 @@ BUILTIN_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 
 def builtin_configs() -> dict[str, Path]:
-    """The configs shipped with nodekit, by name: `spiral`, `tiny`, `density`, and each
-    paper reproduction's runs as `papers/<experiment>/<run>`.
+    """The configs shipped with nodekit, by name: `spiral`, `tiny`, `density`, the
+    worked examples as `examples/<name>`, and each paper reproduction's runs as
+    `papers/<experiment>/<run>`.
 
     **Example:**
 
     ```python
-    sorted(nodekit.builtin_configs())[:3]   # ['density', 'papers/...', ...]
+    import nodekit
+
+    print(sorted(nodekit.builtin_configs())[:2])   # ['density', 'examples/irregular']
     ```
     """
     return {p.relative_to(BUILTIN_DIR).with_suffix("").as_posix(): p
@@ -157,8 +157,8 @@ def load_yaml(path: str | Path) -> dict:
     except UnicodeDecodeError as e:
         raise ConfigError("", f"config file {str(p)!r} is not UTF-8 text (byte {e.start}).") from None
     try:
-        _check_duplicate_keys(yaml.compose(text, Loader=yaml.SafeLoader), str(p))
-        data = yaml.safe_load(text)
+        _check_nodes(yaml.compose(text, Loader=ConfigLoader), str(p))
+        data = yaml.load(text, Loader=ConfigLoader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -175,11 +175,12 @@ def load_yaml(path: str | Path) -> dict:
     return data
 
 
-def _check_duplicate_keys(node, where: str) -> None:
-    """Refuse a mapping that repeats a key (PyYAML would keep the last one silently)."""
-    stack, seen = [node], set()
+def _check_nodes(node, where: str) -> None:
+    """Refuse a mapping that repeats a key (PyYAML would keep the last one silently) and
+    an integer too long for Python to read, naming the key path."""
+    stack, seen = [(node, [])], set()
     while stack:
-        node = stack.pop()
+        node, path = stack.pop()
         if node is None or id(node) in seen:
             continue
         seen.add(id(node))
@@ -189,12 +190,18 @@ def _check_duplicate_keys(node, where: str) -> None:
                 if isinstance(k, yaml.ScalarNode):
                     if k.value in keys:
                         line = k.start_mark.line + 1
-                        raise ConfigError(k.value, f"duplicate key {k.value!r} at line {line} "
-                                                   f"of {where!r}; keep one.")
+                        raise ConfigError(".".join(path + [k.value]),
+                                          f"duplicate key {k.value!r} at line {line} of "
+                                          f"{where!r}; keep one.")
                     keys.add(k.value)
-                stack += [k, v]
+                name = k.value if isinstance(k, yaml.ScalarNode) else "?"
+                stack += [(k, path), (v, path + [str(name)])]
         elif isinstance(node, yaml.SequenceNode):
-            stack += node.value
+            stack += [(v, path + [str(i)]) for i, v in enumerate(node.value)]
+        elif isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:int" \
+                and _too_long_int(node.value):
+            raise ConfigError(".".join(path), _int_message(node.value)
+                              + f" (line {node.start_mark.line + 1} of {where!r})")
 
 
 #: Limits on config data (a config is small: these only stop YAML alias bombs and
@@ -244,9 +251,11 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
         parts = key.strip().split(".")
         if not all(parts):
             raise ConfigError(key, f"override {item!r} has an empty key segment.")
+        if _too_long_int(text.strip()):
+            raise ConfigError(key.strip(), _int_message(text.strip()))
         try:
-            value = yaml.safe_load(text) if text.strip() else None
-        except (yaml.YAMLError, RecursionError):
+            value = _yaml_value(text) if text.strip() else None
+        except (yaml.YAMLError, RecursionError, ValueError):
             value = text
         _check_plain({key: value})
         node = raw
@@ -267,6 +276,10 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Load, override and validate a config.
 
+    Relative paths in the config (`data.path`, `model.field.path`, ...), including
+    ones given by `overrides`, are resolved against the config file's folder (the
+    current directory when `path` is `None`); `config.base_dir` records that folder.
+
     **Arguments:**
 
     - `path`: a YAML file, a built-in config's name (`"spiral"`; see
@@ -275,18 +288,41 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
     **Returns:** a validated `Config`.
 
-    **Raises:** `ConfigError`.
+    **Raises:** `ConfigError` naming the key path (for an unknown key given by an
+    override, the whole dotted key as given).
 
     **Example:**
 
     ```python
-    cfg = nodekit.load_config("configs/spiral.yaml", ["train.steps=100"])
+    import nodekit
+
+    cfg = nodekit.load_config("spiral", ["train.steps=100"])
+    print(cfg.train.steps)
     ```
     """
+    base = None
+    if path is not None:
+        path = resolve_config(path)
+        base = Path(path).resolve().parent
     raw = load_yaml(path) if path is not None else {}
     if overrides:
         raw = apply_overrides(raw, overrides)
-    return validate(raw)
+    try:
+        return validate(raw, base_dir=base)
+    except ConfigError as e:
+        raise _name_the_override(e, overrides or []) from None
+
+
+def _name_the_override(e: ConfigError, overrides: list[str]) -> ConfigError:
+    """An unknown key that an override introduced is named by the whole dotted key the
+    user typed (`--set no.such.key=3` names `no.such.key`, not just `no`)."""
+    if not e.path or not e.message.startswith("unknown key"):
+        return e
+    for item in overrides:
+        key = item.partition("=")[0].strip()
+        if key.startswith(e.path + "."):
+            return ConfigError(key, f"{e.message} (from --set {key}=...)")
+    return e
 
 
 def dump_yaml(cfg: Config) -> str:

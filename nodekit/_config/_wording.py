@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from .._errors import ConfigError, closest, unknown_name_message
-from ._schema import _DATA_MODELS, Config
+from ._schema import _DATA_MODELS, NAME_KINDS, Config
 
 def _sub_model(annotation) -> type | None:
     """The config section an annotation holds (`Section` or `Section | None`), else None."""
@@ -77,6 +77,11 @@ def _format_error(err: dict, raw: dict) -> ConfigError:
     path = ".".join(loc_clean)
     kind = err["type"]
     value = err.get("input")
+    inner = (err.get("ctx") or {}).get("error")
+    if isinstance(inner, ConfigError):
+        # a validator's own error, its path relative to the section it checks
+        full = ".".join(p for p in (path, inner.path) if p)
+        return ConfigError(full, inner.message)
     if kind == "extra_forbidden":
         parent_loc = loc_clean[:-1]
         model = _model_at(Config, parent_loc) if parent_loc else Config
@@ -103,6 +108,15 @@ def _format_error(err: dict, raw: dict) -> ConfigError:
         return ConfigError("data.name", unknown_name_message("data name", text, list(_DATA_MODELS)))
     if kind == "literal_error":
         options = re.findall(r"'([^']*)'", str(err.get("ctx", {}).get("expected", "")))
+        parent = _model_at(Config, loc_clean[:-1]) if loc_clean[:-1] else Config
+        if loc_clean and loc_clean[0] == "data" and len(loc_clean) == 2:
+            parent = _data_model(raw)
+        name_kind = NAME_KINDS.get((getattr(parent, "__name__", ""), loc_clean[-1] if loc_clean else ""))
+        if not isinstance(value, str):
+            return ConfigError(path, f"got {shown}: must be a string, one of "
+                                     f"{', '.join(map(repr, options))}.")
+        if name_kind is not None:
+            return ConfigError(path, unknown_name_message(name_kind, value, options))
         hint = closest(str(value), options) if isinstance(value, str) else None
         did = f"; did you mean {hint!r}?" if hint else "."
         return ConfigError(path, f"got {shown}: allowed {', '.join(map(repr, options))}{did}")

@@ -11,6 +11,9 @@ frozen dataclasses. Data sets with a held-out part return a `Split(train, test)`
 - `lotka_volterra`: the UDE paper's predator–prey data.
 - `digits`: scikit-learn's bundled 8x8 digits.
 - `split_indices`, `batch_indices`: splits and resumable minibatches.
+- `read_trajectories`, `read_samples`, `read_labelled`: the user's own CSV/NPZ files;
+  `split_three` (train/validation/test) and `Normalisation` (statistics of the
+  training part). Files are read as float64; the tasks cast to the run's precision.
 """
 
 from ._anode import (
@@ -24,6 +27,14 @@ from ._latent_spirals import (
     SPIRAL_START_PHASE as SPIRAL_START_PHASE,
     LatentSpirals as LatentSpirals,
     latent_spirals as latent_spirals,
+)
+from ._files import (
+    Normalisation as Normalisation,
+    Trajectories as Trajectories,
+    read_labelled as read_labelled,
+    read_samples as read_samples,
+    read_trajectories as read_trajectories,
+    split_three as split_three,
 )
 from ._lotka_volterra import (
     LotkaVolterra as LotkaVolterra,

@@ -1,4 +1,5 @@
-"""The `density` task: a continuous normalising flow (FFJORD) on 2-D samples."""
+"""The `density` task: a continuous normalising flow (FFJORD) on samples: FFJORD's toy
+2-D densities, or the user's CSV/NPZ file of samples."""
 
 from __future__ import annotations
 
@@ -10,59 +11,116 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._config import Config
-from .._errors import ConfigError
-from .._fields import MLPField
 from ._base import AbstractTask
-from ._common import add_penalties, build_regularisers, solve_kwargs
-
+from ._common import (
+    add_penalties,
+    batch_rng,
+    build_regularisers,
+    check_batch_size,
+    eval_mode,
+    file_fingerprint,
+    make_field,
+    solve_kwargs,
+    split_parts,
+    user_field,
+)
 
 
 class DensityTask(AbstractTask):
-    """Fit a continuous normalising flow (FFJORD) to a toy 2-D density.
+    """Fit a continuous normalising flow (FFJORD) to samples of a density.
 
-    Data: `nodekit.data.sample_toy2d(data.distribution)`, `n_train` training points and a
-    separate test set of `n_test` (seeded by the config's seed). The model is a
-    `nodekit.models.CNF` whose flow is the configured MLP field (always time-dependent)
-    over `[0, model.cnf.t1]`, with the trace `exact` or `hutchinson`. The loss is the
-    batch's mean negative log-likelihood (nats) plus the weighted regularisers, which
-    are integrated in the same solve and share the trace's noise vector (as RNODE).
-    With `regularisation.steer`, each training solve ends at a time drawn uniformly from
+    Data: `toy2d` (`nodekit.data.sample_toy2d(data.distribution)`: `n_train` training
+    points drawn with `data.seed`, or a fresh batch every step with
+    `data.resample: true`; a separate test set of `n_test` drawn with
+    `data.test_seed`), or `file` (the user's samples `(N, D)`, split and, with
+    `data.normalise`, standardised by the training part). The model is a
+    `nodekit.models.CNF` whose flow is the configured field (an MLP, always
+    time-dependent, or the user's `python` field) over `[0, model.cnf.t1]`, with the
+    trace `exact` or `hutchinson`. The loss is the batch's mean negative
+    log-likelihood (nats) plus the weighted regularisers, which are integrated in the
+    same solve and share the trace's noise vector (as RNODE). With
+    `regularisation.steer`, each training solve ends at a time drawn uniformly from
     `[t1 - width, t1 + width]` (STEER); evaluation always uses `t1`.
 
-    Evaluation: test NLL with the exact trace on the test set (`eval_loss`) and the
-    NFE of that solve (`eval_nfe`). Plot: the learned density beside the data.
+    Evaluation: the NLL with the exact trace on the evaluation set (`eval_loss`) and
+    the NFE of that solve (`eval_nfe`). Plot (2-D data): the learned density beside
+    the data.
+
+    **Example:**
+
+    ```python
+    import jax
+    import nodekit
+    from nodekit.tasks import make_task
+
+    cfg = nodekit.validate_config({"task": "density", "data": {"n_train": 64, "n_test": 32},
+                                   "train": {"batch_size": 16}})
+    task = make_task(cfg)
+    model = task.make_model(jax.random.PRNGKey(0))
+    print(task.batch(0)["x"].shape)       # (16, 2)
+    ```
     """
 
     def __init__(self, config: Config):
         super().__init__(config)
-        from ..data import sample_toy2d
-
-        d, cnf = config.data, config.model.cnf
-        steer = config.regularisation.steer
-        if steer is not None and steer.width >= cnf.t1:
-            raise ConfigError("regularisation.steer.width",
-                              f"got {steer.width}: must be below model.cnf.t1 ({cnf.t1}) so "
-                              "that every end time is positive.")
-        if config.train.batch_size > d.n_train:
-            raise ConfigError("train.batch_size", f"got {config.train.batch_size}: at most "
-                                                  f"data.n_train ({d.n_train}).")
-        self.train_x = np.asarray(sample_toy2d(d.distribution, d.n_train, seed=config.seed), np.float32)
-        self.test_x = np.asarray(sample_toy2d(d.distribution, d.n_test, seed=config.seed + 10_007),
-                                 np.float32)
+        d = config.data
+        dt = self.dtype
         self.regularisers = build_regularisers(config)
+        self.user = user_field(config)
+        if d.name == "toy2d":
+            from ..data import sample_toy2d
+
+            self.state_names = ("x0", "x1")
+            self.train_x = None if d.resample else np.asarray(
+                sample_toy2d(d.distribution, d.n_train, seed=config.data_seed), dt)
+            test_seed = config.seed + 10_007 if d.test_seed is None else d.test_seed
+            self.test_x = np.asarray(sample_toy2d(d.distribution, d.n_test, seed=test_seed), dt)
+            self.n_train = d.n_train
+            self._final_test = None
+        else:
+            from ..data import Normalisation, read_samples
+
+            x, names = read_samples(d.path, columns=d.state)
+            self._fingerprint_parts.append(file_fingerprint(d.path))
+            self.state_names = names
+            train_idx, eval_idx, test_idx = split_parts(config, len(x), "samples")
+            norm = Normalisation.fit(x[train_idx], names=names) if d.normalise else None
+            self.normalisation = norm
+            prep = (lambda a: norm.apply(a)) if norm is not None else (lambda a: a)
+            self.train_x = np.asarray(prep(x[train_idx]), dt)
+            self.test_x = np.asarray(prep(x[eval_idx]), dt)
+            self._final_test = np.asarray(prep(x[test_idx]), dt) if len(test_idx) else None
+            self.n_train = len(train_idx)
+            check_batch_size(config, self.n_train, "samples")
+        self.size = self.test_x.shape[-1]
+        if self.user is not None:
+            self.user.check(self.size, dt, jax.random.PRNGKey(0))
+            self._fingerprint_parts.append(self.user.source)
 
     def make_model(self, key):
+        from .._fields import MLPField
         from ..models import CNF
+        from ._common import cast_floats
 
         f, cnf = self.config.model.field, self.config.model.cnf
-        field = MLPField(2, f.width, f.depth, activation=f.activation, time_dependent=True,
-                         input_power=f.input_power, key=key)
-        return CNF(field, 2, t1=cnf.t1, trace=cnf.trace, noise=cnf.noise,
+        if f.type == "python":
+            field = make_field(self.config, self.size, key, self.dtype, self.user)
+        else:
+            field = cast_floats(MLPField(self.size, f.width, f.depth, activation=f.activation,
+                                         time_dependent=True, input_power=f.input_power,
+                                         key=key), self.dtype)
+        return CNF(field, self.size, t1=cnf.t1, trace=cnf.trace, noise=cnf.noise,
                    **solve_kwargs(self.config))
 
     def batch(self, step: int):
-        rng = np.random.default_rng([self.config.seed, 1, step])
-        idx = rng.choice(self.train_x.shape[0], self.config.train.batch_size, replace=False)
+        d, bs = self.config.data, self.config.train.batch_size
+        if self.train_x is None:  # a fresh batch every step (FFJORD's toy runs)
+            from ..data import sample_toy2d
+
+            x = sample_toy2d(d.distribution, bs, seed=self.config.data_seed * 1_000_003 + step)
+            return {"x": np.asarray(x, self.dtype)}
+        rng = batch_rng(self.config, step)
+        idx = rng.choice(self.train_x.shape[0], bs, replace=False)
         return {"x": self.train_x[idx]}
 
     def loss(self, model, batch, key):
@@ -82,19 +140,33 @@ class DensityTask(AbstractTask):
     def _exact(self, model):
         return model.with_trace("exact")
 
-    def evaluate(self, model):
+    def _nll(self, model, x):
         from ..models import nll
 
-        value, aux = nll(self._exact(model), jnp.asarray(self.test_x), None,
-                         mode=self.config.solver.batch_mode, throw=False)
+        value, aux = nll(self._exact(model), x, None, mode=eval_mode(self.config), throw=False)
         return {"eval_loss": value, "eval_nfe": aux["nfe"],
                 "eval_failed": (aux["failures"] > 0).astype(jnp.float32)}
 
+    def evaluate(self, model):
+        return self._nll(model, jnp.asarray(self.test_x))
+
+    def finalise(self, model) -> dict:
+        """The test part's NLL (`test_loss`, `test_nfe`) when a validation part was used
+        for evaluation (the user's files)."""
+        if self._final_test is None:
+            return {}
+        ev = eqx.filter_jit(self._nll)(model, jnp.asarray(self._final_test))
+        return {"test_loss": float(ev["eval_loss"]), "test_nfe": float(ev["eval_nfe"])}
+
     def plot(self, model, plot_dir: Path):
+        if self.size != 2:
+            return []
         from ..plots import plot_density
 
         lim, n = 4.5, 60
-        g = np.linspace(-lim, lim, n, dtype=np.float32)
+        if self.config.data.name == "file":
+            lim = float(np.abs(self.test_x).max()) * 1.1
+        g = np.linspace(-lim, lim, n, dtype=self.dtype)
         grid = np.stack(np.meshgrid(g, g), -1).reshape(-1, 2)
         exact = self._exact(model)
 
