@@ -109,10 +109,11 @@ def check_memory(config: Config, shapes, device) -> None:
     needed and what to shrink.
     """
     model, opt_state, _ = shapes
-    param_leaves = jax.tree_util.tree_leaves(eqx.filter(model, eqx.is_inexact_array))
+    leaves = [x for x in jax.tree_util.tree_leaves(model) if hasattr(x, "shape")]
+    param_leaves = [x for x in leaves if jax.numpy.issubdtype(x.dtype, jax.numpy.inexact)]
     n_params = sum(int(np.prod(x.shape)) for x in param_leaves)
     params = _nbytes(param_leaves)
-    need = _nbytes(eqx.filter(model, eqx.is_array)) + _nbytes(opt_state) + 2 * params
+    need = _nbytes(leaves) + _nbytes(opt_state) + 2 * params
     free, name = available_memory(device)
     if free is None or need <= free:
         return

@@ -147,3 +147,22 @@ def read_cache_entry(path: str | Path, key: str) -> tuple[bytes | None, str | No
         return unpack_cache_entry(blob, key), None
     except CacheMismatch as e:
         return None, f"cache entry {p.name} ignored and rebuilt: {e}"
+
+
+# ----------------------------------------------------------------- notes for the run's log
+
+_NOTES: list[str] = []
+
+
+def note(text: str) -> None:
+    """Queue a note for the log of the run in progress (e.g. a cache entry ignored);
+    the training loop prints and records them (`take_notes`)."""
+    if len(_NOTES) < 100:
+        _NOTES.append(text)
+
+
+def take_notes() -> list[str]:
+    """The queued notes, emptying the queue."""
+    out = list(_NOTES)
+    _NOTES.clear()
+    return out

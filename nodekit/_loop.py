@@ -39,10 +39,12 @@ from ._build import (
     put_batch, setup_devices, state_shapes, usable_cache_dir,
 )
 from ._checkpoint import (
-    _leaf_specs, best_value, load_checkpoint, payload_arrays, read_header, save_checkpoint,
+    _leaf_specs, best_value, hashed_config, load_checkpoint, payload_arrays, read_header,
+    save_checkpoint,
 )
 from ._config import Config, dump_yaml, load_config, validate
 from ._errors import CheckpointError, InputError, SolverError, TrainingFault, solver_failure_message
+from ._io import take_notes
 from ._odeint import result_name
 from ._optim import make_optimizer
 from ._rundir import MetricsLog, Workdir, atomic_write_bytes, json_float, write_json
@@ -241,10 +243,22 @@ class _Words:
         return (f"nodekit.train(config_with_{change.split('=')[0].replace('.', '_')}, "
                 f"new_workdir, init_from={str(self.workdir)!r})")
 
+    def restart_with(self, change: str) -> str:
+        if self.cli:
+            return f"nodekit train CONFIG --set {change} --restart"
+        return (f"nodekit.train(config_with_{change.split('=')[0].replace('.', '_')}, "
+                f"{str(self.workdir)!r}, restart=True)")
+
     def resume(self) -> str:
         if self.cli:
             return "rerun the same command to resume"
         return "call nodekit.train again with the same config and workdir to resume"
+
+
+def _steps_error(message: str) -> CheckpointError:
+    e = CheckpointError(message)
+    e.reason = "steps"  # (not a corrupt file: no fallback to another checkpoint)
+    return e
 
 
 class _Acc:
@@ -385,7 +399,10 @@ class _Run:
         self.t_accept = time.perf_counter()
         self.console.hold()
         self.console.later(f"loading data and building the {cfg.task} task")
+        take_notes()  # (notes left by earlier work in this process are not this run's)
         self.task = make_task(cfg)  # loads and checks the data: raises on bad input
+        for text in take_notes():  # e.g. a data cache entry that did not verify
+            self.note(text)
         _signals.raise_if_stopped("before training started; nothing was written")
         self.mesh, self.batch_sharding, self.replicated = setup_devices(cfg)
         self.single = self.mesh.devices.size == 1
@@ -509,6 +526,9 @@ class _Run:
                                     "interrupted)")
                 continue
             try:
+                header, _ = read_header(path)
+                if header.get("config_hash") == cfg.hash():
+                    self._check_steps(header, path)  # (before the arrays: says more)
                 tree, header = load_checkpoint(path, (model, opt_state), config_hash=cfg.hash(),
                                                config=cfg.to_dict())
             except CheckpointError as e:
@@ -516,7 +536,6 @@ class _Run:
                     raise CheckpointError(f"{e} {self.words.fresh()}") from None
                 problems.append(str(e).rstrip("."))
                 continue
-            self._check_steps(header, path)
             if problems:
                 if wd.latest.exists():  # keep the unusable file for inspection, out of the way
                     kept = wd.ckpt_dir / f"latest.unusable-{int(time.time())}.nkc"
@@ -535,13 +554,13 @@ class _Run:
         step, total = header["step"], cfg.train.steps
         old_total = header["meta"].get("train_steps")
         if step > total:
-            raise CheckpointError(
+            raise _steps_error(
                 f"checkpoint {str(path)!r} is at step {step}, past train.steps={total}. Set "
                 f"train.steps to {old_total or step} or more to use this run. "
                 f"{self.words.fresh()}")
         if isinstance(old_total, int) and old_total != total:
             if _schedule_spans_steps(cfg):
-                raise CheckpointError(
+                raise _steps_error(
                     f"train.steps changed from {old_total} to {total}, but the learning-rate "
                     f"schedule {cfg.optimizer.schedule!r} spans train.steps: the {step} steps "
                     f"in {str(path)!r} followed the schedule over {old_total} steps. To resume "
@@ -588,7 +607,7 @@ class _Run:
         self.compiled = CompiledStep(
             step_body(self.task.loss, self.optim), self.model0, self.opt_state0, example_batch,
             (self.train_key, np.int32(self.start)), cache_dir=cache_dir,
-            key_material=cfg.to_dict(), fold_step=True, log=self.console.say)
+            key_material=self._step_key(), fold_step=True, log=self.console.say)
         self.compile_s = time.perf_counter() - self.t_step_start
         self.console.say(f"training step ready ({self.compile_s:.1f}s)")
         self.eval_fn = eqx.filter_jit(self.task.evaluate)
@@ -596,6 +615,15 @@ class _Run:
         del self.model0, self.opt_state0
         _signals.raise_if_stopped(f"at step {self.start} before training resumed",
                                   step=self.start)
+
+    def _step_key(self) -> dict:
+        """What the compiled step depends on: everything `Config.hash` covers (data,
+        model, solver, regularisers, optimiser, batch size, precision, seed), and
+        `train.steps` when the learning-rate schedule spans it; not the cadences, the
+        step count otherwise, or the logging (so changing those reuses the step)."""
+        cfg = self.config
+        return {"config": hashed_config(cfg.to_dict()),
+                "steps": cfg.train.steps if _schedule_spans_steps(cfg) else None}
 
     def _batch(self, step: int):
         batch = self.task.batch(step)
@@ -697,8 +725,13 @@ class _Run:
         bs = cfg.batch_size
         fails = host.get("failures", 0.0)
         opt = self.config.optimizer
-        lr_hint = (f"To continue from the last good checkpoint with a change, start a new run "
-                   f"from it: {self.words.init_from(f'optimizer.learning_rate={opt.learning_rate / 10:g}')}.")
+        smaller = f"optimizer.learning_rate={opt.learning_rate / 10:g}"
+        if step <= cfg.checkpoint_every:  # early: the first updates are what went wrong
+            lr_hint = (f"It failed within the first {cfg.checkpoint_every} steps, so start "
+                       f"afresh with the change, e.g. {self.words.restart_with(smaller)}.")
+        else:
+            lr_hint = (f"To continue from the last good checkpoint with a change, start a new "
+                       f"run from it: {self.words.init_from(smaller)}.")
         if fails > cfg.max_solver_failures * bs:
             self.save(self.wd.latest, state_before, step)
             s = self.config.solver
@@ -708,6 +741,8 @@ class _Run:
             raise SolverError(
                 f"step {step}: {int(fails)} of {bs} solves in the batch failed "
                 f"(train.max_solver_failures={cfg.max_solver_failures}). Likely cause: {msg} "
+                f"If the loss grew over the steps before (metrics.jsonl), the learning rate "
+                f"(optimizer.learning_rate={opt.learning_rate:g}) is the likelier cause. "
                 f"The last good checkpoint (step {step}) is in {self.wd.latest}. {lr_hint}",
                 step=step, status="solver_failure",
             )
@@ -779,7 +814,7 @@ class _Run:
             s["notes"] = self.notes
         if fault is not None:
             s["message"] = str(fault)
-        if plots and model is not None and self.writer:
+        if plots and self.config.train.plots and model is not None and self.writer:
             s.update(self._plots(model, status))
         if self.writer and self.opened:
             write_json(self.wd.summary, s)

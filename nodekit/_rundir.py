@@ -64,11 +64,13 @@ def atomic_write_bytes(path: Path, data: bytes, *, backup: Path | None = None) -
         if backup is not None and path.exists():
             os.replace(path, backup)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             tmp.unlink(missing_ok=True)
         except OSError:
             pass
+        if isinstance(e, OSError) and not e.filename:
+            e.filename = str(path)  # (a failed write names no file: the message should)
         raise
     _fsync_dir(path.parent)
 
@@ -396,6 +398,21 @@ def read_metrics(path: Path) -> tuple[list[dict], int]:
     return rows, bad
 
 
+class _naming:
+    """Give an `OSError` from writing an open file the file's name (for the message)."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, e, tb):
+        if isinstance(e, OSError) and not e.filename:
+            e.filename = str(self.path)
+        return False
+
+
 #: Where each metrics sink writes (`train.metrics`); `jsonl` is always on.
 SINKS = ("jsonl", "csv", "tensorboard")
 
@@ -449,27 +466,34 @@ class MetricsLog:
             self._tb = EventWriter(wd.tb_dir, resume_step=start)
 
     def train_row(self, row: dict) -> None:
-        self._jsonl.write(dumps_row(row) + "\n")
-        self._jsonl.flush()
+        with _naming(self.wd.metrics):
+            self._jsonl.write(dumps_row(row) + "\n")
+            self._jsonl.flush()
         if self._csv is not None:
-            self._csv.write({k: json_float(v) for k, v in row.items()})
+            with _naming(self.wd.metrics_csv):
+                self._csv.write({k: json_float(v) for k, v in row.items()})
         if self._tb is not None:
-            self._tb.scalars(row["step"], row, "train")
+            with _naming(self._tb.path):
+                self._tb.scalars(row["step"], row, "train")
 
     def eval_row(self, row: dict) -> None:
-        self._jsonl.write(dumps_row(row) + "\n")
-        self._jsonl.flush()
+        with _naming(self.wd.metrics):
+            self._jsonl.write(dumps_row(row) + "\n")
+            self._jsonl.flush()
         if self._eval_csv is not None:
-            self._eval_csv.write({k: json_float(v) for k, v in row.items() if k != "eval"})
+            with _naming(self.wd.eval_csv):
+                self._eval_csv.write({k: json_float(v) for k, v in row.items() if k != "eval"})
         if self._tb is not None:
-            self._tb.scalars(row["step"], row, "eval")
+            with _naming(self._tb.path):
+                self._tb.scalars(row["step"], row, "eval")
 
     def sync(self) -> None:
         """Flush and fsync the logs (before a checkpoint that covers their rows)."""
         for f in (self._jsonl, getattr(self._csv, "f", None), getattr(self._eval_csv, "f", None)):
             if f is not None:
-                f.flush()
-                os.fsync(f.fileno())
+                with _naming(Path(f.name)):
+                    f.flush()
+                    os.fsync(f.fileno())
 
     def close(self) -> None:
         for f in (self._jsonl, getattr(self._csv, "f", None), getattr(self._eval_csv, "f", None),

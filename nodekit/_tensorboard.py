@@ -102,7 +102,9 @@ class EventWriter:
     def __init__(self, folder: str | Path, resume_step: int | None = None):
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        name = f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{os.getpid()}"
+        # time_ns (fixed width) first: TensorBoard reads the files in name order, so a
+        # resumed run's file sorts after the one it continues
+        name = f"events.out.tfevents.{time.time_ns()}.{socket.gethostname()}.{os.getpid()}"
         self.path = folder / name
         self._f = open(self.path, "ab")
         self._write(event(0, file_version="brain.Event:2"))

@@ -237,6 +237,7 @@ class TrainConfig(_Strict):
     )
     progress: bool = True
     compile_cache: bool = True
+    plots: bool = Field(True, description="write plots/ at the end of the run")
     metrics: list[Literal["jsonl", "csv", "tensorboard"]] = Field(
         ["jsonl", "csv"], description="metric logs: jsonl (metrics.jsonl, always written), "
         "csv (metrics.csv, eval.csv), tensorboard (event files in tensorboard/)")
