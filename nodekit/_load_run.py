@@ -73,7 +73,8 @@ def load(workdir: str | Path, which: str = "best") -> Run:
     import jax.numpy as jnp
     import nodekit
 
-    nodekit.train("tiny", "/tmp/nodekit-load-example", restart=True, progress=False)
+    config = nodekit.load_config("tiny", ["train.steps=3", "train.plots=false"])
+    nodekit.train(config, "/tmp/nodekit-load-example", restart=True, progress=False)
     run = nodekit.load("/tmp/nodekit-load-example", which="latest")
     ts = jnp.asarray(run.task.ts[:20])
     ys = run.model(ts, jnp.asarray(run.task.ys[0]))   # the trained model, at once

@@ -92,7 +92,7 @@ class _Console:
         self._held = None
         self.settle()
 
-    def later(self, text: str, after: float = 3.0) -> None:
+    def later(self, text: str, after: float = 2.0) -> None:
         """Say `text` only if the phase it announces still runs `after` seconds from now
         (`settle()` cancels it): bad input found quickly stays one message."""
         if self.mode == "quiet":
@@ -340,8 +340,8 @@ def train(config: Config | dict | str | Path, workdir: str | Path, *, restart: b
     ```python
     import nodekit
 
-    summary = nodekit.train("tiny", "/tmp/nodekit-example-run", restart=True,
-                            progress=False)
+    config = nodekit.load_config("tiny", ["train.steps=3", "train.plots=false"])
+    summary = nodekit.train(config, "/tmp/nodekit-example-run", restart=True, progress=False)
     print(summary["status"], summary["final_loss"], summary["time_to_first_step_s"])
     ```
     """

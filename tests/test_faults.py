@@ -508,11 +508,10 @@ def test_precision_is_scoped_to_the_run(tmp_path):
 # --------------------------------------------------------------------------- the CLI end to end
 
 
-def _cli(*args, **kw):
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
+def _cli(*args, env=None):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", **(env or {}))
     return subprocess.Popen([sys.executable, "-m", "nodekit", *map(str, args)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            **kw)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
 def test_cli_sigterm_stops_with_143_and_a_second_process_is_refused(tmp_path):
@@ -664,7 +663,7 @@ def test_distributed_run_with_two_processes(tmp_path):
 @pytest.mark.slow
 def test_second_ctrl_c_exits_at_once_even_inside_a_compile(tmp_path):
     p = _cli("train", TINY_YAML, "--workdir", tmp_path / "run", "--set", "train.steps=500",
-             env=dict(os.environ, JAX_PLATFORMS="cpu", NODEKIT_CACHE_DIR=str(tmp_path / "cold")))
+             env={"NODEKIT_CACHE_DIR": str(tmp_path / "cold")})
     time.sleep(4.0)
     p.send_signal(signal.SIGINT)
     time.sleep(0.3)
