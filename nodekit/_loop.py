@@ -387,6 +387,7 @@ class _Run:
         self.init_info: dict | None = None
         self.notes: list[str] = []
         self.saved_any = False
+        self.stop_name: str | None = None
 
     def note(self, text: str) -> None:
         self.notes.append(text)
@@ -696,16 +697,35 @@ class _Run:
                     if self.last_eval.get("eval_loss", math.inf) < self.best:
                         self.best = self.last_eval["eval_loss"]
                         self.save(self.wd.best, p_after, done)
-                stop = _signals.requested()
+                stop = self._stop_requested(done, logged)
                 if done % cfg.checkpoint_every == 0 or done == total or stop:
                     self.save(self.wd.latest, p_after, done)
                 if stop:
+                    self.stop_name = stop
                     state = p_after
                     break
             if step < total:
                 pending = (step, m, state, new_state)
                 state = new_state
         self.console.close()
+
+    def _stop_requested(self, done: int, logged: bool) -> str | None:
+        """The stop signal to act on after `done` steps. Several processes (multi-host)
+        must stop at the same step, or one would wait for the others in the next step's
+        collectives: SIGTERM is JAX's preemption notice there (its runtime catches it
+        and agrees on a step: `reached_preemption_sync_point`), and a SIGINT is shared
+        at each logged step (one tiny all-gather)."""
+        name = _signals.requested()
+        if jax.process_count() == 1:
+            return name
+        from jax.experimental import multihost_utils
+
+        if multihost_utils.reached_preemption_sync_point(done):
+            return "SIGTERM"
+        if not (logged or done == self.config.train.steps):
+            return None
+        flags = multihost_utils.process_allgather(np.int32(name is not None))
+        return (name or "SIGINT") if np.any(flags) else None
 
     def _row(self, step: int, host: dict, integrator: str) -> dict:
         row = {"step": step, "loss": host["loss"]}
@@ -868,8 +888,8 @@ class _Run:
                 self.console.close()
                 if self.log is not None:
                     self.log.close()
-            if stopped is None and fault is None and _signals.requested():
-                stopped = Stopped("stopped", signal_name=_signals.requested(), step=self.done)
+            if stopped is None and fault is None and self.stop_name is not None:
+                stopped = Stopped("stopped", signal_name=self.stop_name, step=self.done)
             if stopped is not None:
                 return self._stop(stopped)
             if fault is not None:

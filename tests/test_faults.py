@@ -658,6 +658,28 @@ def test_distributed_run_with_two_processes(tmp_path):
     a, b = (json.loads((tmp_path / x / "summary.json").read_text()) for x in ("dist", "one"))
     assert a["status"] == "ok" and a["steps"] == 6
     assert abs(a["final_loss"] - b["final_loss"]) <= 1e-5 * abs(b["final_loss"])
+    # SIGTERM to one process (not the one writing the run): both stop at the same step
+    s = socket.socket()
+    s.bind(("localhost", 0))
+    port = s.getsockname()[1]
+    s.close()
+    sets[sets.index(next(x for x in sets if x.startswith("train.steps")))] = "train.steps=100000"
+    sets[sets.index(next(x for x in sets if "coordinator_address" in x))] = \
+        f"distributed.coordinator_address=localhost:{port}"
+    w = tmp_path / "dist-stop"
+    procs = [_cli("train", TINY_YAML, "--workdir", w, *sets, "--set", f"distributed.process_id={i}")
+             for i in range(2)]
+    deadline = time.monotonic() + 240
+    while not (w / "metrics.jsonl").exists() or len((w / "metrics.jsonl").read_text()) < 2000:
+        assert time.monotonic() < deadline and procs[0].poll() is None
+        time.sleep(0.05)
+    procs[1].send_signal(signal.SIGTERM)
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [143, 143], outs[0][1][-2000:] + outs[1][1][-2000:]
+    s = json.loads((w / "summary.json").read_text())
+    assert s["status"] == "stopped (SIGTERM)"
+    assert _header(w / "checkpoints" / "latest.nkc")["step"] == s["steps"]
+    assert f"stopped at step {s['steps']} (SIGTERM)" in outs[1][1]
 
 
 @pytest.mark.slow
