@@ -90,6 +90,12 @@ class DensityTask(AbstractTask):
         return {"eval_loss": value, "eval_nfe": aux["nfe"],
                 "eval_failed": (aux["failures"] > 0).astype(jnp.float32)}
 
+    def describe(self):
+        return {"loss": "negative log-likelihood (nats) of a training batch, plus the "
+                        "weighted regularisers",
+                "eval_loss": "negative log-likelihood (nats) of the test set, exact trace",
+                "state_names": None}
+
     def plot(self, model, plot_dir: Path):
         from ..plots import plot_density
 

@@ -91,6 +91,14 @@ class TrajectoryTask(AbstractTask):
             "eval_failed": (stats.result != 0).astype(jnp.float32),
         }
 
+    def describe(self):
+        d = self.config.data
+        return {"loss": f"mean |error| over segments of data.batch_time={d.batch_time} points, "
+                        "each solved from its first observed state",
+                "eval_loss": f"mean |error| over the whole trajectory ({d.n_points} points), "
+                             "solved from the first observed state alone",
+                "state_names": None}
+
     def plot(self, model, plot_dir: Path):
         from ..plots import plot_trajectory
 
