@@ -148,6 +148,19 @@ def _versions() -> dict:
             "diffrax": version("diffrax"), "optax": version("optax"), "nodekit": __version__}
 
 
+def _remove_stale_temporaries(folder: Path, age_s: float = 3600.0) -> None:
+    """Temporary files of writes killed mid-way (other processes may be writing theirs
+    now: only those older than an hour go)."""
+    import time
+
+    for tmp in folder.glob(".*.tmp-*") if folder.is_dir() else ():
+        try:
+            if time.time() - tmp.stat().st_mtime > age_s:
+                tmp.unlink()
+        except OSError:
+            pass
+
+
 def _load_or_export(jitted, specs, path: Path, key: str):
     """`(callable, source, module, note)`: the function stored at `path` (`"export-cache"`),
     or `jitted` traced in `no_host_callbacks()`, exported and stored there
@@ -167,6 +180,7 @@ def _load_or_export(jitted, specs, path: Path, key: str):
             note = f"cache entry {path.name} ignored and rebuilt: unreadable ({type(e).__name__})"
     with no_host_callbacks():
         exported = export.export(jitted)(*specs)
+    _remove_stale_temporaries(path.parent)
     atomic_write_bytes(path, pack_cache_entry(key, bytes(exported.serialize())))
     return jax.jit(exported.call), "traced+exported", exported.mlir_module_serialized, note
 
