@@ -67,6 +67,7 @@ class Stopped(NodekitError):
 class _State:
     signum: int | None = None  # the first stop signal received
     cli: bool = False  # install_cli() ran: handlers stay for the process
+    depth: int = 0  # nested guard() blocks (the outermost installs and clears)
 
 
 _state = _State()
@@ -160,15 +161,18 @@ def install_cli() -> None:
 def guard():
     """Turn SIGINT/SIGTERM into a stop request for the duration of the block (library
     callers); a no-op under the CLI (already installed) or outside the main thread."""
-    if _state.cli or threading.current_thread() is not threading.main_thread():
+    if (_state.cli or _state.depth
+            or threading.current_thread() is not threading.main_thread()):
         yield
         return
     old = {}
+    _state.depth += 1
     try:
         for sig in _SIGNALS:
             old[sig] = signal.signal(sig, _library_handler)
         yield
     finally:
+        _state.depth -= 1
         for sig, handler in old.items():
             signal.signal(sig, handler)
         clear()
