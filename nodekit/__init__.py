@@ -54,7 +54,10 @@ if TYPE_CHECKING:
         steer_end_time as steer_end_time,
         total_penalty as total_penalty,
     )
+    from ._build import enable_compile_cache as enable_compile_cache
+    from ._load_run import Run as Run, load as load
     from ._loop import train as train
+    from ._signals import Stopped as Stopped
     from ._optim import make_optimizer as make_optimizer
     from ._step import make_step as make_step
 
@@ -74,6 +77,10 @@ _LAZY = {
     "make_optimizer": ("._optim", "make_optimizer"),
     "make_step": ("._step", "make_step"),
     "train": ("._loop", "train"),
+    "load": ("._load_run", "load"),
+    "Run": ("._load_run", "Run"),
+    "Stopped": ("._signals", "Stopped"),
+    "enable_compile_cache": ("._build", "enable_compile_cache"),
     **{n: ("._regularisers", n) for n in (
         "AbstractRegulariser", "JacobianFrobenius", "KineticEnergy", "TaylorRK", "augmented_field",
         "regularised_odeint", "regularised_odeint_batch", "sample_noise", "steer_end_time",

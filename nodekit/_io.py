@@ -19,6 +19,8 @@ LIMITS = {
     "data": 2 * 2**30,
     "checkpoint": 8 * 2**30,
     "cache": 2 * 2**30,
+    "metrics": 4 * 2**30,
+    "summary": 64 * 2**20,
 }
 
 
@@ -84,3 +86,83 @@ def read_bytes_bounded(path: str | Path, *, kind: str, what: str | None = None,
         raise error(f"cannot read {what}: {e.strerror}.") from None
     finally:
         os.close(fd)
+
+
+# ----------------------------------------------------------------- cache entries
+
+#: First bytes of a cache entry written by `pack_cache_entry`.
+CACHE_MAGIC = b"NKCACHE1"
+
+
+class CacheMismatch(ValueError):
+    """A cache entry that is not what its name promises (another key, a changed
+    payload, a torn or foreign file); the message says which."""
+
+
+def pack_cache_entry(key: str, payload: bytes) -> bytes:
+    """A cache entry: magic, header length, a JSON header holding the full `key` the
+    entry was stored under and the SHA-256 of `payload`, then `payload`."""
+    import hashlib
+    import json
+
+    header = json.dumps({"key": key, "sha256": hashlib.sha256(payload).hexdigest(),
+                         "bytes": len(payload)}).encode()
+    return CACHE_MAGIC + len(header).to_bytes(8, "little") + header + payload
+
+
+def unpack_cache_entry(blob: bytes, key: str) -> bytes:
+    """The payload of an entry made by `pack_cache_entry`, once its stored key equals
+    `key` and its content hash matches.
+
+    **Raises:** `CacheMismatch` saying what does not match.
+    """
+    import hashlib
+    import json
+
+    if len(blob) < 16 or blob[:8] != CACHE_MAGIC:
+        raise CacheMismatch("not a nodekit cache entry")
+    n = int.from_bytes(blob[8:16], "little")
+    try:
+        header = json.loads(blob[16:16 + n].decode())
+        stored_key, digest = header["key"], header["sha256"]
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError):
+        raise CacheMismatch("unreadable header") from None
+    payload = blob[16 + n:]
+    if stored_key != key:
+        raise CacheMismatch("stored under another key (a swapped or copied entry)")
+    if hashlib.sha256(payload).hexdigest() != digest:
+        raise CacheMismatch("its content does not match its hash (changed or torn)")
+    return payload
+
+
+def read_cache_entry(path: str | Path, key: str) -> tuple[bytes | None, str | None]:
+    """`(payload, None)` for a valid entry at `path`; `(None, None)` when there is none;
+    `(None, note)` when the entry is unusable (`note` says why: it is then rebuilt)."""
+    p = Path(path)
+    if not p.exists():
+        return None, None
+    try:
+        blob = read_bytes_bounded(p, kind="cache", what=f"cache entry {str(p)!r}",
+                                  error=CacheMismatch)
+        return unpack_cache_entry(blob, key), None
+    except CacheMismatch as e:
+        return None, f"cache entry {p.name} ignored and rebuilt: {e}"
+
+
+# ----------------------------------------------------------------- notes for the run's log
+
+_NOTES: list[str] = []
+
+
+def note(text: str) -> None:
+    """Queue a note for the log of the run in progress (e.g. a cache entry ignored);
+    the training loop prints and records them (`take_notes`)."""
+    if len(_NOTES) < 100:
+        _NOTES.append(text)
+
+
+def take_notes() -> list[str]:
+    """The queued notes, emptying the queue."""
+    out = list(_NOTES)
+    _NOTES.clear()
+    return out

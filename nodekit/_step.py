@@ -148,22 +148,41 @@ def _versions() -> dict:
             "diffrax": version("diffrax"), "optax": version("optax"), "nodekit": __version__}
 
 
-def _load_or_export(jitted, specs, path: Path):
-    """`(callable, source, module)`: the function stored at `path` (`"export-cache"`), or
-    `jitted` traced in `no_host_callbacks()`, exported and stored there
-    (`"traced+exported"`); `module` is the serialised StableHLO."""
+def _remove_stale_temporaries(folder: Path, age_s: float = 3600.0) -> None:
+    """Temporary files of writes killed mid-way (other processes may be writing theirs
+    now: only those older than an hour go)."""
+    import time
+
+    for tmp in folder.glob(".*.tmp-*") if folder.is_dir() else ():
+        try:
+            if time.time() - tmp.stat().st_mtime > age_s:
+                tmp.unlink()
+        except OSError:
+            pass
+
+
+def _load_or_export(jitted, specs, path: Path, key: str):
+    """`(callable, source, module, note)`: the function stored at `path` (`"export-cache"`),
+    or `jitted` traced in `no_host_callbacks()`, exported and stored there
+    (`"traced+exported"`); `module` is the serialised StableHLO. An entry is used only
+    when its stored key is `key` and its content hash matches (`nodekit._io`'s cache
+    entries); anything else is ignored and rebuilt, and `note` says why."""
     from jax import export
 
-    if path.exists():
+    from ._io import pack_cache_entry, read_cache_entry
+
+    payload, note = read_cache_entry(path, key)
+    if payload is not None:
         try:
-            exported = export.deserialize(bytearray(path.read_bytes()))
-            return jax.jit(exported.call), "export-cache", exported.mlir_module_serialized
-        except Exception:  # unreadable entry: export afresh below
-            pass
+            exported = export.deserialize(bytearray(payload))
+            return jax.jit(exported.call), "export-cache", exported.mlir_module_serialized, None
+        except Exception as e:  # a valid entry JAX cannot read (another version): rebuild
+            note = f"cache entry {path.name} ignored and rebuilt: unreadable ({type(e).__name__})"
     with no_host_callbacks():
         exported = export.export(jitted)(*specs)
-    atomic_write_bytes(path, bytes(exported.serialize()))
-    return jax.jit(exported.call), "traced+exported", exported.mlir_module_serialized
+    _remove_stale_temporaries(path.parent)
+    atomic_write_bytes(path, pack_cache_entry(key, bytes(exported.serialize())))
+    return jax.jit(exported.call), "traced+exported", exported.mlir_module_serialized, note
 
 
 @contextlib.contextmanager
@@ -228,6 +247,12 @@ class CompiledStep:
     - `fold_step`: if true, the step is called as `(leaves, batch, (key, step))` and
       draws its key as `jax.random.fold_in(key, step)` inside the compiled function
       (one host dispatch fewer per training step than folding eagerly).
+    - `log`: called with a line for the console before compiling or loading, and with a
+      note when a cache entry is ignored.
+
+    A cache entry stores the full key it was made for and a hash of its content; an
+    entry whose key or hash does not match (a swapped, copied or damaged file) is never
+    used: the step is traced again, the entry rewritten, and `cache_note` says why.
 
     **Example:**
 
@@ -240,7 +265,8 @@ class CompiledStep:
     """
 
     def __init__(self, step_body: Callable, model, opt_state, batch, key, *,
-                 cache_dir: str | Path | None, key_material: Any, fold_step: bool = False):
+                 cache_dir: str | Path | None, key_material: Any, fold_step: bool = False,
+                 log: Callable[[str], None] | None = None):
         dynamic, self._static = eqx.partition((model, opt_state), eqx.is_array)
         leaves, self._treedef = jax.tree_util.tree_flatten(dynamic)
         self.source = "traced"
@@ -260,7 +286,10 @@ class CompiledStep:
         specs = jax.tree_util.tree_map(_spec, (leaves, batch, key))
         self._specs = specs
         self.path = None
+        self.cache_note: str | None = None
         if cache_dir is None:
+            if log is not None:
+                log("compiling the training step")
             self._call = _compile(self._jitted, specs, self.source)
             return
         digest = _digest({
@@ -269,12 +298,19 @@ class CompiledStep:
             "specs": jax.tree_util.tree_map(lambda s: [list(s.shape), str(s.dtype)], specs),
         })
         self.path = Path(cache_dir) / "steps" / f"{digest[:32]}.jaxexport"
+        if log is not None:
+            log("loading the compiled training step from the cache" if self.path.exists() else
+                "compiling the training step (this config's first run; the next run loads "
+                "it from the cache)")
         module = None
         try:
-            fn, self.source, module = _load_or_export(self._jitted, specs, self.path)
+            fn, self.source, module, self.cache_note = _load_or_export(self._jitted, specs,
+                                                                       self.path, digest)
         except Exception as e:  # the cache is an optimisation: never fail a run over it
             self.cache_error = f"{type(e).__name__}: {e}"
             fn, self.source = self._jitted, "traced"
+        if self.cache_note and log is not None:
+            log(self.cache_note)
         self._call = _compile(fn, specs, self.source, module)
 
     def flatten(self, model, opt_state) -> list:

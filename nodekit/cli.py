@@ -1,7 +1,14 @@
 """The `nodekit` command line: thin argument parsing over the library.
 
-Exit codes: 0 success; 2 bad input (config, arguments, files) with one message and no
-traceback; 3 a training fault (non-finite loss, solver failure) with what to try.
+Exit codes: 0 success; 2 bad input (config, arguments, files, a workdir in use) with
+one message and no traceback; 3 a training fault (non-finite loss, solver failure, out
+of memory, a full disk or an unwritable file) with what to try; 130 / 143 stopped by
+SIGINT (Ctrl-C) / SIGTERM after a checkpoint and the summary (rerun to resume).
+
+`run()` is the console script: it installs the signal handlers before anything else
+(no Ctrl-C is lost during start-up), then calls `main()`. The process-wide settings a
+command wants (JAX's persistent compilation cache for `train`) are turned on here, never
+by the library.
 """
 
 from __future__ import annotations
@@ -29,7 +36,11 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set solver.rtol=1e-5 (repeatable)")
     t.add_argument("--restart", action="store_true",
-                   help="ignore the workdir's checkpoint and start afresh")
+                   help="start afresh; the previous run is moved to WORKDIR/previous-run "
+                        "until the new run's first checkpoint")
+    t.add_argument("--init-from", metavar="OLD_WORKDIR",
+                   help="start from an earlier run's parameters (and optimiser state when "
+                        "it fits), e.g. with a smaller learning rate after a divergence")
     t.add_argument("--no-progress", action="store_true", help="no live progress bar")
     t.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
 
@@ -51,13 +62,21 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _cmd_train(args) -> int:
+    from . import _signals
     from ._config import load_config
-    from ._loop import train
 
     config = load_config(args.config, args.overrides)
+    _signals.raise_if_stopped("before training started; nothing was written")
+    from ._build import enable_compile_cache
+    from ._loop import _train
+
+    if config.train.compile_cache:
+        enable_compile_cache()  # process-wide: the command owns the process
     workdir = Path(args.workdir) if args.workdir else Path("runs") / Path(args.config).stem
-    progress = False if args.no_progress or not sys.stderr.isatty() else None
-    summary = train(config, workdir, restart=args.restart, progress=progress)
+    bar = config.train.progress and not args.no_progress and sys.stderr.isatty()
+    summary = _train(config, workdir, restart=args.restart, init_from=args.init_from,
+                     console="bar" if bar else "lines", cli=True)
+
     def fmt(key, text, spec=".5g"):
         value = summary.get(key)
         return f", {text} {value:{spec}}" if value is not None else ""
@@ -96,7 +115,7 @@ def _cmd_reproduce(args) -> int:
     if args.name not in EXPERIMENTS:
         raise InputError(unknown_name_message("experiment", args.name, list(EXPERIMENTS)))
     workdir = Path(args.workdir) if args.workdir else Path("runs") / "reproduce" / args.name
-    report = run_experiment(args.name, workdir, quick=args.quick)
+    report = run_experiment(args.name, workdir, quick=args.quick)  # locks the workdir
     print(f"report: {report}")
     return 0
 
@@ -124,12 +143,17 @@ _COMMANDS = {"train": _cmd_train, "validate": _cmd_validate, "reproduce": _cmd_r
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `nodekit` console script; returns the exit code."""
+    """Run one `nodekit` command; returns the exit code. (In-process callers, e.g.
+    tests, keep their own signal handling; the console script is `run`.)"""
     args = _parser().parse_args(argv)
     from ._errors import NodekitError
+    from ._signals import Stopped
 
     try:
         return _COMMANDS[args.command](args)
+    except Stopped as e:
+        print(f"nodekit: {e}", file=sys.stderr)
+        return e.exit_code
     except NodekitError as e:
         if args.debug:
             raise
@@ -141,5 +165,14 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """The console script (`nodekit`, `python -m nodekit`): SIGINT and SIGTERM become
+    stop requests from the first instruction on, then `main()` runs the command."""
+    from . import _signals
+
+    _signals.install_cli()
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

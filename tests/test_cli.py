@@ -56,7 +56,9 @@ def assert_bad_input(rc: int, out: str, err: str, *needles: str) -> str:
     """Exit code 2, nothing on stdout, exactly one stderr line `nodekit: error: ...`
     holding every needle, no traceback. Returns the line."""
     assert "Traceback" not in err and "Traceback" not in out, err
-    lines = err.splitlines()
+    # (a progress line, `nodekit   3.0s  loading data ...`, appears only if the input takes
+    # seconds to check; it is not a message)
+    lines = [l for l in err.splitlines() if not re.match(r"nodekit +\d+\.\ds  ", l)]
     assert rc == 2, (rc, err)
     assert len(lines) == 1, f"expected one stderr line, got {len(lines)}:\n{err}"
     assert lines[0].startswith("nodekit: error: "), lines[0]
@@ -341,9 +343,15 @@ def _check_run_files(w: Path, steps: int) -> None:
     assert best["meta"]["best"] == pytest.approx(s["best_eval_loss"])
 
 
+def _phases(stderr: str) -> list[str]:
+    """The console's phase lines (`nodekit   1.2s  text`), without their time stamps."""
+    return [m.group(1) for m in re.finditer(r"^nodekit +\d+\.\ds  (.*)$", stderr, re.M)]
+
+
 def test_train_writes_the_run_and_a_rerun_resumes(tmp_path):
     w = tmp_path / "run"
-    r = run_cli("train", TINY, "--workdir", w, timeout=300)
+    r = run_cli("train", TINY, "--workdir", w, "--set", "train.metrics=[jsonl,csv,tensorboard]",
+                timeout=300)
     assert r.returncode == 0, r.stderr
     assert "Traceback" not in r.stderr
     assert f"done: {TINY_STEPS} steps" in r.stdout and "summary.json" in r.stdout
@@ -351,10 +359,36 @@ def test_train_writes_the_run_and_a_rerun_resumes(tmp_path):
     s = json.loads((w / "summary.json").read_text())
     assert s["resumed_from_step"] == 0
     first_rows = _train_rows(w)
+    # what a log shows (stderr is not a terminal: plain lines, no bar), phase by phase
+    phases = _phases(r.stderr)
+    assert phases[0].startswith("data loaded, trajectory task built")
+    assert phases[1] == f"starting a new run in {w}"
+    assert phases[2].startswith(("compiling the training step", "loading the compiled training"))
+    assert phases[3].startswith("training step ready") and phases[4] == f"training {TINY_STEPS} steps"
+    assert phases[5].startswith("step 1/30  loss ") and phases[-1] == "writing plots"
+    assert any(p.startswith(f"step {TINY_STEPS}/{TINY_STEPS}  loss") for p in phases)
+    # the metrics in the other formats: the same numbers
+    import csv
+
+    with open(w / "metrics.csv") as f:
+        table = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in table] == [r["step"] for r in first_rows]
+    assert [float(r["loss"]) for r in table] == [r["loss"] for r in first_rows]
+    assert {r["integrator"] for r in table} == {s["integrator"]} and "integrator_reason" in s
+    with open(w / "eval.csv") as f:
+        assert [int(r["step"]) for r in csv.DictReader(f)] == [9, 19, 29]
+    from .test_train import _read_records
+
+    (events,) = (w / "tensorboard").iterdir()
+    points = [(e[2], e["scalars"]["train/loss"]) for e in _read_records(events)
+              if "train/loss" in e.get("scalars", {})]
+    assert points == [(r["step"], pytest.approx(r["loss"], rel=1e-7)) for r in first_rows]
 
     # the same command with more steps goes on from the checkpoint instead of starting over
     r = run_cli("train", TINY, "--workdir", w, "--set", "train.steps=40", timeout=300)
     assert r.returncode == 0, r.stderr
+    assert "train.steps changed from 30 to 40 (constant learning rate): continuing this run " \
+           "from step 30 to 40" in _phases(r.stderr)
     s = json.loads((w / "summary.json").read_text())
     assert s["status"] == "ok" and s["resumed_from_step"] == TINY_STEPS and s["steps"] == 40
     rows = _train_rows(w)

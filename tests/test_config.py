@@ -244,8 +244,6 @@ def test_validate_and_train_refuse_alike(tmp_path):
         assert err_v == err_t and err_v.count("\n") == 1 and needle in err_v, (name, err_v)
 
 
-@pytest.mark.xfail(strict=False, reason="the loop still prepares the workdir before it builds "
-                                        "the task (the loop owner moves make_task first)")
 def test_refused_train_leaves_no_workdir(tmp_path):
     for name, (raw, _) in _broken_configs(tmp_path).items():
         path = tmp_path / f"{name}.yaml"

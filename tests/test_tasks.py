@@ -181,14 +181,12 @@ def _tiny(task: str) -> dict:
 
 @pytest.fixture
 def scoped_x64():
-    """float64 inside the test, and JAX's global x64 flag as it was afterwards (the
-    loop of today sets it process-wide for a float64 run)."""
+    """float64 for the test's own arrays (the tasks and models it builds outside
+    `nodekit.train`, which scopes the run's precision itself)."""
     import jax
 
-    before = jax.config.jax_enable_x64
     with jax.enable_x64(True):
         yield
-    jax.config.update("jax_enable_x64", before)
 
 
 @pytest.mark.parametrize("task", ["density", "classification", "latent", "ude"])

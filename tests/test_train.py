@@ -58,6 +58,39 @@ def test_compiled_step_export_cache_roundtrip(parts, tmp_path):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
 
 
+def test_export_cache_refuses_swapped_and_changed_entries(tmp_path):
+    """Each entry stores its full key and a content hash: a file swapped with another
+    entry's, or with one flipped bit, is never run; the step is traced again, the entry
+    rewritten, and `cache_note` says why."""
+    x, opt, key = jnp.ones(3), (jnp.zeros(1),), jnp.zeros(2)
+
+    def body(scale):
+        return lambda m, o, b, k: (m * scale, o, {"out": jnp.sum(m * b)})
+
+    def step(material, scale):
+        cs = CompiledStep(body(scale), x, opt, x, key, cache_dir=tmp_path, key_material=material)
+        out = np.asarray(cs(cs.flatten(x, opt), x, key)[0][0])
+        return cs, out
+
+    a, out_a = step({"lr": 1}, 2.0)
+    b, out_b = step({"lr": 2}, 3.0)
+    assert a.source == b.source == "traced+exported"
+    blob_a, blob_b = a.path.read_bytes(), b.path.read_bytes()
+    a.path.write_bytes(blob_b)
+    b.path.write_bytes(blob_a)
+    swapped, out = step({"lr": 1}, 2.0)
+    assert swapped.source == "traced+exported" and "another key" in swapped.cache_note
+    np.testing.assert_array_equal(out, out_a)  # not b's step
+    again, out = step({"lr": 1}, 2.0)
+    assert again.source == "export-cache" and again.cache_note is None  # rewritten
+    blob = bytearray(a.path.read_bytes())
+    blob[-1] ^= 1
+    a.path.write_bytes(bytes(blob))
+    flipped, out = step({"lr": 1}, 2.0)
+    assert flipped.source == "traced+exported" and "does not match its hash" in flipped.cache_note
+    np.testing.assert_array_equal(out, out_a)
+
+
 def _matrix_step(model, opt_state, batch, key):
     """A step whose output solves against the `model` matrix when `opt_state` is a
     `(1,)` array (a LAPACK call), else multiplies by it."""
@@ -312,3 +345,140 @@ def test_bad_lbfgs_config_exits_2_naming_the_key(base, overrides, key, tmp_path,
     assert rc == 2 and "Traceback" not in cap.err and cap.out == ""
     assert len(cap.err.splitlines()) == 1
     assert cap.err.startswith(f"nodekit: error: {key}:") and "lbfgs" in cap.err, cap.err
+
+
+# ----------------------------------------------------------------- caches, logs, plots
+
+
+def test_data_cache_entry_is_verified(tmp_path, monkeypatch):
+    """The data cache stores its key and a content hash: a changed value is noticed,
+    noted, and the trajectory solved again."""
+    from nodekit._io import take_notes
+    from nodekit.data._reference import cached_reference
+
+    monkeypatch.setenv("NODEKIT_CACHE_DIR", str(tmp_path))
+    calls = []
+
+    def solve():
+        calls.append(1)
+        return np.arange(6, dtype=np.float32).reshape(3, 2)
+
+    take_notes()
+    first = cached_reference("demo", [1, 2], (3, 2), solve)
+    again = cached_reference("demo", [1, 2], (3, 2), solve)
+    assert len(calls) == 1 and np.array_equal(first, again) and take_notes() == []
+    (entry,) = (tmp_path / "data").iterdir()
+    blob = bytearray(entry.read_bytes())
+    blob[-4:] = np.float32(123.0).tobytes()  # the last value of the trajectory
+    entry.write_bytes(bytes(blob))
+    fixed = cached_reference("demo", [1, 2], (3, 2), solve)
+    assert len(calls) == 2 and np.array_equal(fixed, first)
+    (note,) = take_notes()
+    assert "ignored and rebuilt" in note and "does not match its hash" in note
+
+
+def _read_records(path):
+    """TFRecord framing and Event/Summary protobufs read back independently of the
+    writer: a bitwise CRC-32C and a minimal protobuf decoder."""
+    import struct
+
+    def crc32c(data):
+        c = 0xFFFFFFFF
+        for b in data:
+            c ^= b
+            for _ in range(8):
+                c = (c >> 1) ^ (0x82F63B78 if c & 1 else 0)
+        return c ^ 0xFFFFFFFF
+
+    def masked(data):
+        c = crc32c(data)
+        return (((c >> 15) | (c << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+    def fields(buf):
+        i, out = 0, []
+        while i < len(buf):
+            key, i = varint(buf, i)
+            num, wire = key >> 3, key & 7
+            if wire == 0:
+                val, i = varint(buf, i)
+            elif wire == 1:
+                val, i = struct.unpack("<d", buf[i:i + 8])[0], i + 8
+            elif wire == 5:
+                val, i = struct.unpack("<f", buf[i:i + 4])[0], i + 4
+            else:
+                n, i = varint(buf, i)
+                val, i = buf[i:i + n], i + n
+            out.append((num, val))
+        return out
+
+    def varint(buf, i):
+        shift = val = 0
+        while True:
+            b = buf[i]
+            i += 1
+            val |= (b & 0x7F) << shift
+            shift += 7
+            if not b & 0x80:
+                return val, i
+
+    blob, i, events = path.read_bytes(), 0, []
+    while i < len(blob):
+        (n,) = struct.unpack("<Q", blob[i:i + 8])
+        assert struct.unpack("<I", blob[i + 8:i + 12])[0] == masked(blob[i:i + 8])
+        data = blob[i + 12:i + 12 + n]
+        assert struct.unpack("<I", blob[i + 12 + n:i + 16 + n])[0] == masked(data)
+        i += 16 + n
+        ev = dict(fields(data))
+        if 5 in ev:
+            ev["scalars"] = {}
+            for num, value in fields(ev[5]):
+                v = dict(fields(value))
+                ev["scalars"][v[1].decode()] = v[2]
+        events.append(ev)
+    return events
+
+
+def test_tensorboard_event_files_are_valid_records(tmp_path):
+    from nodekit._tensorboard import EventWriter, crc32c
+
+    assert crc32c(b"123456789") == 0xE3069283  # the CRC-32C check value
+    w = EventWriter(tmp_path)
+    w.scalars(0, {"loss": 0.5, "nfe": 26.0, "integrator": "engine", "bad": float("nan")}, "train")
+    w.close()
+    w = EventWriter(tmp_path, resume_step=7)  # a resumed run: a START at step 7
+    w.scalars(7, {"eval_loss": 0.25}, "eval")
+    w.close()
+    first, second = sorted(tmp_path.iterdir())  # in the order TensorBoard reads them
+    e = _read_records(first)
+    assert e[0][3] == b"brain.Event:2" and e[1][2] == 0
+    assert e[1]["scalars"] == {"train/loss": 0.5, "train/nfe": 26.0}  # numbers only
+    e = _read_records(second)
+    assert e[1][2] == 7 and e[1][7] == b"\x08\x01"  # SessionLog{status: START}
+    assert e[2][2] == 7 and e[2]["scalars"] == {"eval/eval_loss": 0.25}
+
+
+def test_plots_use_no_global_matplotlib_state(tmp_path):
+    """Importing and using `nodekit.plots` leaves the backend and pyplot's figures as
+    they were; coordinates are named x₁, x₂ (or as given), the loss plot has captions."""
+    import matplotlib
+
+    backend = matplotlib.get_backend()
+    import nodekit.plots as plots
+
+    rows = [{"step": s, "loss": 1.0 / (s + 1)} for s in range(120)]
+    rows += [{"step": 59, "eval": True, "eval_loss": 2.0}, {"step": 119, "eval": True, "eval_loss": 1.0}]
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + "torn")
+    out = plots.plot_loss(tmp_path / "m.jsonl", tmp_path / "loss.png",
+                          describe={"loss": "mean |error| over 10-point segments"})
+    assert out.read_bytes()[:4] == b"\x89PNG"
+    ts = np.linspace(0, 1, 20)
+    ys = np.stack([np.cos(ts), np.sin(ts)], -1)
+    assert plots.plot_trajectory(ts, ys, ys, tmp_path / "t.png").read_bytes()[:4] == b"\x89PNG"
+    assert matplotlib.get_backend() == backend
+    import sys
+
+    if "matplotlib.pyplot" in sys.modules:
+        assert not sys.modules["matplotlib.pyplot"].get_fignums()
+    assert plots.subscript_names(3) == ["x\u2081", "x\u2082", "x\u2083"]
+    fig, axes = plots.new_figure(2)
+    assert axes.shape == (1, 2)

@@ -368,6 +368,14 @@ class OptimizerConfig(_Strict):
                                                  f"Allowed: {', '.join(params)}.")
         return v
 
+    @field_validator("kwargs")
+    @classmethod
+    def _finite_after_parsing(cls, v):  # "nan" or 1e400 become non-finite only when parsed
+        bad = next((k for k, x in v.items() if not math.isfinite(x)), None)
+        if bad is not None:
+            raise ValueError(f"kwargs.{bad} must be a finite number, got {v[bad]!r}")
+        return v
+
     @field_validator("schedule", "clip_norm", "weight_decay", "kwargs")
     @classmethod
     def _lbfgs_fits(cls, v, info):
@@ -412,6 +420,10 @@ class TrainConfig(_Strict):
     )
     progress: bool = True
     compile_cache: bool = True
+    plots: bool = Field(True, description="write plots/ at the end of the run")
+    metrics: list[Literal["jsonl", "csv", "tensorboard"]] = Field(
+        ["jsonl", "csv"], description="metric logs: jsonl (metrics.jsonl, always written), "
+        "csv (metrics.csv, eval.csv), tensorboard (event files in tensorboard/)")
     devices: Union[PosInt, Literal["all"]] = Field(
         1, description="data-parallel devices: a count or 'all' (batch sharded, params replicated)"
     )

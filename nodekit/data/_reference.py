@@ -59,26 +59,40 @@ def _key(name: str, params) -> str:
 def cached_reference(name: str, params, shape: tuple, compute: Callable[[], np.ndarray]) -> np.ndarray:
     """`compute()`, a float32 reference trajectory of `shape`, stored on disk under a
     key made of `name`, `params` (JSON-able) and the library versions, and loaded from
-    there next time. The cache is an optimisation only: an unreadable, mismatched or
-    unwritable entry means the trajectory is solved as if there were none."""
+    there next time. The cache is an optimisation only: an entry is used only when its
+    stored key and content hash match (`nodekit._io` cache entries); an unreadable,
+    mismatched or unwritable entry means the trajectory is solved as if there were
+    none (with a note for the run's log, `nodekit._io.take_notes`)."""
+    import io
+
+    from .._io import note, pack_cache_entry, read_cache_entry
+
     folder = _cache_dir()
-    path = None
+    path = key = None
     if folder is not None:
         try:
-            path = folder / f"{name}-{_key(name, params)}.npy"
-            if path.exists():
-                ys = np.load(path, allow_pickle=False)
+            key = _key(name, params)
+            path = folder / f"{name}-{key}.nkcache"
+            payload, why = read_cache_entry(path, key)
+            if why:
+                note(why)
+            if payload is not None:
+                ys = np.load(io.BytesIO(payload), allow_pickle=False)
                 if ys.dtype == np.float32 and ys.shape == tuple(shape):
                     return ys
-        except Exception:  # noqa: BLE001 - fall back to solving
-            pass
+                note(f"cache entry {path.name} ignored and rebuilt: it holds {ys.dtype}"
+                     f"{ys.shape}, not float32{tuple(shape)}")
+        except Exception as e:  # noqa: BLE001 - fall back to solving
+            note(f"data cache skipped ({type(e).__name__}: {e})")
     ys = compute()
     if path is not None:
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         try:
             folder.mkdir(parents=True, exist_ok=True)
+            buf = io.BytesIO()
+            np.save(buf, ys, allow_pickle=False)
             with open(tmp, "wb") as f:
-                np.save(f, ys, allow_pickle=False)
+                f.write(pack_cache_entry(key, buf.getvalue()))
             os.replace(tmp, path)
         except Exception:  # noqa: BLE001 - e.g. a read-only home: just don't store it
             try:

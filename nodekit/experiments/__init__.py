@@ -84,10 +84,21 @@ def run_experiment(name: str, workdir: Path, quick: bool = False) -> Path:
     print(report.read_text())
     ```
 
-    **Raises:** `InputError` for an unknown name.
+    **Raises:** `InputError` for an unknown name, or when another process uses
+    `workdir`; `nodekit.Stopped` when SIGINT/SIGTERM stopped it (no report is written:
+    a report always describes a whole run).
     """
     if name not in EXPERIMENTS:
         from .._errors import InputError, unknown_name_message
 
         raise InputError(unknown_name_message("experiment", name, list(EXPERIMENTS)))
-    return EXPERIMENTS[name].run(Path(workdir), quick)
+    from .. import _signals
+    from .._rundir import WorkdirLock
+
+    with _signals.guard(), WorkdirLock(workdir):
+        try:
+            return EXPERIMENTS[name].run(Path(workdir), quick)
+        except _signals.Stopped as e:
+            raise _signals.Stopped(
+                f"stopped during reproduce {name} ({e.signal}); no report was written. Rerun "
+                "the same command to run it again.", signal_name=e.signal, step=e.step) from None

@@ -213,6 +213,10 @@ def write_report(
         for f in figures:
             rel = Path(f).relative_to(workdir) if Path(f).is_absolute() else Path(f)
             out += [f"![{rel.stem}]({rel.as_posix()})", ""]
+    from .. import _signals
+
+    # a stop request during the run: its numbers are partial, so no report claims them
+    _signals.raise_if_stopped("before the report was written")
     report = workdir / "report.md"
     report.write_text("\n".join(out))
     summary = {
@@ -313,7 +317,10 @@ def fit(
     result = FitResult(model)
     t0 = time.perf_counter()
     t_first = None
+    from .. import _signals
+
     for s in range(steps):
+        _signals.raise_if_stopped(f"at step {s} of a training run", step=s)
         model, opt_state, m = step_fn(model, opt_state, batch_fn(s), jax.random.fold_in(key, s))
         row = _scalars(m)
         row["step"] = s
@@ -375,25 +382,18 @@ def head_mean(x, frac: float = 0.1) -> float:
 
 
 def figure(ncols: int = 1, nrows: int = 1, size: tuple[float, float] = (4.2, 3.4)):
-    """A headless Matplotlib figure `(fig, axes)` (axes always 2-D)."""
-    from .. import plots  # noqa: F401  (selects the Agg backend)
-    import matplotlib.pyplot as plt
+    """A headless Matplotlib figure `(fig, axes)` (axes always 2-D), made with the object
+    API (no pyplot state, no backend switch)."""
+    from ..plots import new_figure
 
-    fig, axes = plt.subplots(nrows, ncols, figsize=(size[0] * ncols, size[1] * nrows),
-                             squeeze=False)
-    return fig, axes
+    return new_figure(ncols, nrows, size)
 
 
 def save(fig, path: Path) -> Path:
-    """Save a figure as a small PNG and close it."""
-    import matplotlib.pyplot as plt
+    """Save a figure as a small PNG."""
+    from ..plots import save_figure
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=DPI)
 
 
 def plot_curves(path: Path, curves: dict[str, tuple], *, xlabel: str, ylabel: str,

@@ -96,3 +96,19 @@ class AbstractTask(abc.ABC):
             h.update(len(part).to_bytes(8, "little"))
             h.update(part)
         return h.hexdigest()
+
+    # -- optional hooks read by the training loop and the plots (defaults below)
+
+    def describe(self) -> dict:
+        """Words for the run's plots and logs: `loss` (what the training loss
+        measures), `eval_loss` (what the evaluation loss measures) and `state_names`
+        (one name per state coordinate, or `None` for `x₁, x₂, ...`). Tasks override
+        the entries they can say more about."""
+        return {"loss": "training loss (per batch)",
+                "eval_loss": "evaluation loss (held-out or whole-data solve)",
+                "state_names": self.state_names}
+
+    def integrator(self) -> tuple[str, str]:
+        """`(name, reason)`: which integrator the run's solves use and why (written to
+        `summary.json` and each metrics row). Default: not reported."""
+        return "unknown", "not reported"

@@ -70,7 +70,7 @@ class DensityTask(AbstractTask):
         if d.name == "toy2d":
             from ..data import sample_toy2d
 
-            self.state_names = ("x0", "x1")
+            self.state_names = None  # plots name them x₁, x₂
             self.train_x = None if d.resample else np.asarray(
                 sample_toy2d(d.distribution, d.n_train, seed=config.data_seed), dt)
             test_seed = config.seed + 10_007 if d.test_seed is None else d.test_seed
@@ -157,6 +157,12 @@ class DensityTask(AbstractTask):
             return {}
         ev = eqx.filter_jit(self._nll)(model, jnp.asarray(self._final_test))
         return {"test_loss": float(ev["eval_loss"]), "test_nfe": float(ev["eval_nfe"])}
+
+    def describe(self):
+        return {"loss": "negative log-likelihood (nats) of a training batch, plus the "
+                        "weighted regularisers",
+                "eval_loss": "negative log-likelihood (nats) of the test set, exact trace",
+                "state_names": self.state_names}
 
     def plot(self, model, plot_dir: Path):
         if self.size != 2:

@@ -77,7 +77,7 @@ class TrajectoryTask(AbstractTask):
             self.ts = np.asarray(ts, dt)
             self.ys = np.asarray(ys, dt)
             self.batch_time = d.batch_time
-            self.state_names = ("y0", "y1")
+            self.state_names = None  # plots name them x₁, x₂
             self.n_train = d.n_points - d.batch_time
             self._series = None
         else:
@@ -233,6 +233,18 @@ class TrajectoryTask(AbstractTask):
             out["field_parameters"] = field_parameters(model.field)
         return out
 
+    def describe(self):
+        k = self.batch_time
+        if self._series is None:
+            evaluated = (f"mean |error| over the whole trajectory ({len(self.ts)} points), "
+                         "solved from the first observed state alone")
+        else:
+            evaluated = ("mean |error| over each evaluation series, solved from its first "
+                         "observed state alone")
+        return {"loss": f"mean |error| over segments of data.batch_time={k} points, "
+                        "each solved from its first observed state",
+                "eval_loss": evaluated, "state_names": self.state_names}
+
     def plot(self, model, plot_dir: Path):
         from ..plots import plot_trajectory
 
@@ -240,7 +252,9 @@ class TrajectoryTask(AbstractTask):
         true, pred = self.ys, np.asarray(pred)
         if self.normalisation is not None:  # drawn in the data's own units
             true, pred = self.normalisation.invert(true), self.normalisation.invert(pred)
-        return [plot_trajectory(self.ts, true, pred, Path(plot_dir) / "trajectory.png")]
+        time_name = self.config.data.time if self.config.data.name == "file" else "t"
+        return [plot_trajectory(self.ts, true, pred, Path(plot_dir) / "trajectory.png",
+                                names=self.state_names, time_name=time_name)]
 
 
 def field_parameters(module) -> dict:
