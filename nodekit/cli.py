@@ -138,8 +138,9 @@ def _cmd_info(args) -> int:
     return 0
 
 
-_COMMANDS = {"train": _cmd_train, "validate": _cmd_validate, "reproduce": _cmd_reproduce,
-             "info": _cmd_info}
+#: The commands, by name (each has its own `--help`).
+COMMANDS = {"train": _cmd_train, "validate": _cmd_validate, "reproduce": _cmd_reproduce,
+            "info": _cmd_info}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -150,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     from ._signals import Stopped
 
     try:
-        return _COMMANDS[args.command](args)
+        return COMMANDS[args.command](args)
     except Stopped as e:
         print(f"nodekit: {e}", file=sys.stderr)
         return e.exit_code
