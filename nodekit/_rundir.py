@@ -47,8 +47,9 @@ def _fsync_dir(path: Path) -> None:
 
 def atomic_write_bytes(path: Path, data: bytes, *, backup: Path | None = None) -> None:
     """Write `data` to `path` atomically (temporary file, flush, fsync, rename, fsync of
-    the folder). With `backup`, an existing `path` is first renamed to `backup`, so a
-    crash between the two renames leaves the old file as `backup` and no torn file.
+    the folder). With `backup`, an existing `path` is first kept as `backup` (a second
+    name for it), so a crash at any moment leaves `path` whole (old or new) and never
+    a torn file.
 
     **Raises:** `OSError` (e.g. a full disk); the temporary file is then removed and
     `path` is left as it was.
@@ -62,7 +63,15 @@ def atomic_write_bytes(path: Path, data: bytes, *, backup: Path | None = None) -
             f.flush()
             os.fsync(f.fileno())
         if backup is not None and path.exists():
-            os.replace(path, backup)
+            # `path` stays in place throughout: the backup is a second name for the
+            # same file (a hard link, or a copy where links are not supported), so a
+            # kill at any moment leaves a whole `path`, old or new
+            btmp = backup.with_name(f".{backup.name}.tmp-{os.getpid()}-{next(_counter)}")
+            try:
+                os.link(path, btmp)
+            except OSError:
+                shutil.copyfile(path, btmp)
+            os.replace(btmp, backup)
         os.replace(tmp, path)
     except BaseException as e:
         try:

@@ -764,6 +764,15 @@ class Config(_Strict):
         or the current directory for a config given as a dict); not part of the hash."""
         return self._base_dir
 
+    def __eq__(self, other) -> bool:
+        """Configs are equal when they say the same (their resolved keys); where they
+        were read from (`base_dir`) does not count."""
+        if not isinstance(other, Config):
+            return NotImplemented
+        return self.to_dict() == other.to_dict()
+
+    __hash__ = None  # mutable (validate_assignment): not hashable, as pydantic models
+
     @property
     def data_seed(self) -> int:
         """The seed of the data's random parts: `data.seed` when given, else `seed`."""
