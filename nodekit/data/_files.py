@@ -58,7 +58,8 @@ class Trajectories:
     - `times`: one `(T_i,)` float64 array per series, strictly increasing.
     - `values`: one `(T_i, D)` float64 array per series (0 where not observed).
     - `masks`: one `(T_i, D)` bool array per series, true where observed.
-    - `names`: the `D` coordinate names (CSV columns, or `y0, y1, ...`).
+    - `names`: the `D` coordinate names (CSV columns, or `x1, x2, ...` for NPZ arrays;
+      not `y0, y1`, which would read as the API's initial state).
     - `ids`: each series' name (the CSV `series` value, or its index).
     - `source`: the file it came from.
 
@@ -135,7 +136,7 @@ class Trajectories:
         m = np.ones(y.shape, bool) if mask is None else np.asarray(mask, bool)
         if m.ndim == 2:
             m = np.broadcast_to(m[..., None], y.shape)
-        names = tuple(names) if names is not None else tuple(f"y{i}" for i in range(d))
+        names = tuple(names) if names is not None else tuple(f"x{i + 1}" for i in range(d))
         return cls(times=tuple(np.array(t[i]) for i in range(n)),
                    values=tuple(np.where(m[i], y[i], 0.0) for i in range(n)),
                    masks=tuple(np.array(m[i]) for i in range(n)), names=names,

@@ -38,7 +38,7 @@ class AbstractTask(abc.ABC):
     - `normalisation`: a `nodekit.data.Normalisation` (the training part's statistics,
       for the user's files) or `None`; the loop writes `normalisation.to_dict()` into
       the run's folder (e.g. `normalisation.json`) so predictions can be mapped back.
-    - `state_names`: the coordinates' names (CSV columns, or `y0, y1, ...`) for plots
+    - `state_names`: the coordinates' names (CSV columns, or `x1, x2, ...`) for plots
       and messages, or `None`.
     - `fingerprint()`: a hash of the user's files the run depends on (data file and
       Python modules), or `None`: add it to the compiled-step cache key (the user's
