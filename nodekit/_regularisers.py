@@ -35,11 +35,10 @@ one batched call, so the primal `f` is never evaluated twice.
 from __future__ import annotations
 
 import abc
-import functools
 import math
 import numbers
 from collections.abc import Sequence
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import equinox as eqx
 import jax
@@ -48,8 +47,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental.jet import jet
 
+from ._checks import check_choice, check_flat_state, is_concrete, unexpected_keywords
 from ._errors import InputError, unknown_name_message
-from ._odeint import odeint, odeint_step_quadrature
+from ._fields import JointField, vmap_samples
+from ._odeint import solve
+from ._settings import BATCH_MODES as BATCH_MODES, DEFAULT, SolveSettings
 
 
 #: Noise distributions for stochastic (Hutchinson) estimators.
@@ -60,15 +62,12 @@ ESTIMATORS = ("exact", "hutchinson")
 JACOBIAN_MODES = ("auto", "jacfwd", "jacrev")
 #: How Taylor-mode derivatives are computed.
 TAYLOR_METHODS = ("jet", "jvp")
-#: Batch modes of `regularised_odeint_batch` (as `nodekit.BATCH_MODES`).
-BATCH_MODES = ("vmap", "joint")
 #: How the running integrals are computed: `"trapezoid"` (once per solver step, on the
 #: step grid) or `"augmented"` (inside the ODE state, at every solver stage).
 QUADRATURES = ("trapezoid", "augmented")
 
 
-def _is_concrete(x) -> bool:
-    return not isinstance(x, jax.core.Tracer)
+_is_concrete = is_concrete
 
 
 def _check_weight(owner: str, weight) -> None:
@@ -84,8 +83,7 @@ def _check_weight(owner: str, weight) -> None:
 
 
 def _check_name(kind: str, value, options: Sequence[str]) -> None:
-    if not isinstance(value, str) or value not in options:
-        raise InputError(unknown_name_message(kind, value, options))
+    check_choice(kind, value, options)
 
 
 # ------------------------------------------------------------------------ interface
@@ -614,22 +612,13 @@ class _JointAugmentedField(eqx.Module):
     def __call__(self, t, state, args):
         ys, r = state
         if r is None:
-            return jax.vmap(self.func, in_axes=(None, 0, None))(t, ys, args), None
+            return vmap_samples(self.func, t, ys, args), None
 
-        def one(y, noises):
+        def one(t, y, args, noises):
             return _evaluate(self.regularisers, self.func, t, y, args, noises)
 
-        f, values = jax.vmap(one)(ys, self.noises)
+        f, values = vmap_samples(one, t, ys, args, self.noises)
         return f, jnp.sum(values, axis=0)
-
-
-class _JointField(eqx.Module):
-    """The batch `(B, d)` as one state, without regularisers."""
-
-    func: Any
-
-    def __call__(self, t, ys, args):
-        return jax.vmap(self.func, in_axes=(None, 0, None))(t, ys, args)
 
 
 def augmented_field(func: Callable, regularisers, noises=None) -> Callable:
@@ -713,24 +702,36 @@ def sample_noise(regularisers, key, y_shape, dtype=jnp.float32) -> tuple:
 # ------------------------------------------------------------------------ solves
 
 
-def _check_kwargs(odeint_kwargs: dict) -> None:
+_SOLVE_KEYWORDS = ("settings", "solver", "rtol", "atol", "dt0", "adjoint", "max_steps",
+                   "checkpoints", "engine", "args", "throw", "check")
+
+
+class _Call(NamedTuple):
+    settings: SolveSettings
+    args: Any
+    throw: bool
+    check: bool
+
+
+def _solve_arguments(caller: str, odeint_kwargs: dict) -> _Call:
+    """The solve's settings and options from `odeint`-style keyword arguments."""
     if "return_stats" in odeint_kwargs:
         raise InputError(
-            "regularised_odeint always returns (ys, penalties, stats); do not pass "
-            "return_stats."
+            f"{caller} always returns (ys, penalties, stats); do not pass return_stats."
         )
+    unknown = {k: v for k, v in odeint_kwargs.items() if k not in _SOLVE_KEYWORDS}
+    if unknown:
+        raise unexpected_keywords(caller, unknown, ("key", "batch_mode", "quadrature")
+                                  + _SOLVE_KEYWORDS)
+    kw = dict(odeint_kwargs)
+    settings = SolveSettings.resolve(kw.pop("settings", None),
+                                     **{k: kw.pop(k, DEFAULT) for k in _SOLVE_KEYWORDS[1:9]})
+    return _Call(settings, kw.get("args"), kw.get("throw", True), kw.get("check", True))
 
 
-def _check_state(name: str, y, ndim: int, what: str):
-    y = jnp.asarray(y)
-    if y.ndim != ndim or not jnp.issubdtype(y.dtype, jnp.floating):
-        raise InputError(f"{name} must be {what}; got shape {tuple(y.shape)}, dtype {y.dtype}.")
-    return y
-
-
-def _direction(ts):
+def _direction(ts, dtype):
     ts = jnp.asarray(ts)
-    return jnp.where(ts[-1] >= ts[0], 1, -1).astype(ts.dtype)
+    return jnp.where(ts[-1] >= ts[0], 1, -1).astype(dtype)
 
 
 def regularised_odeint(
@@ -771,8 +772,9 @@ def regularised_odeint(
       state, evaluated at every solver stage and error-controlled (the solver's order;
       several times the cost for Jacobian and Taylor penalties, and the steps can
       differ from the unregularised solve's). See `nodekit._quadrature`.
-    - `**odeint_kwargs`: `solver`, `rtol`, `atol`, `dt0`, `adjoint`, `max_steps`, `args`,
-      `throw`, `check`, as in `nodekit.odeint`.
+    - `**odeint_kwargs`: `settings` (a `nodekit.SolveSettings`) and `solver`, `rtol`,
+      `atol`, `dt0`, `adjoint`, `max_steps`, `checkpoints`, `engine`, `args`, `throw`,
+      `check`, as in `nodekit.odeint`.
 
     **Returns:**
 
@@ -798,12 +800,13 @@ def regularised_odeint(
             **odeint_kwargs
         )
     regularisers = _as_regularisers(regularisers)
-    _check_kwargs(odeint_kwargs)
-    solve = _solve_for(quadrature, regularisers)
-    y0 = _check_state("y0", y0, 1, "one state, a 1-D array of floats (for a batch use "
-                      "regularised_odeint_batch or batch_mode=...)")
+    call = _solve_arguments("regularised_odeint", odeint_kwargs)
+    integrals = integration_of(quadrature, regularisers)
+    y0 = check_flat_state("regularised_odeint", "y0", y0, 1,
+                          "one state, a 1-D array of floats (for a batch use "
+                          "regularised_odeint_batch or batch_mode=...)")
     noises = sample_noise(regularisers, key, y0.shape, y0.dtype)
-    return _solve_one(func, y0, ts, regularisers, noises, solve, odeint_kwargs)
+    return _solve_one(func, y0, ts, regularisers, noises, integrals, call, None)
 
 
 def integration_of(quadrature: str, regularisers) -> str | None:
@@ -821,34 +824,28 @@ def integration_of(quadrature: str, regularisers) -> str | None:
     return "trapezoid"
 
 
-def _solve_for(quadrature: str, regularisers) -> Callable:
-    """The solve that integrates an augmented state with `quadrature`."""
-    integrals = integration_of(quadrature, regularisers)
-    if integrals is None:
-        return odeint
-    return functools.partial(odeint_step_quadrature, integrals=integrals)
-
-
-def _explicit(func, ts, y, odeint_kwargs):
+def _explicit(func, ts, y, call: _Call):
     """`func` with the arrays it closes over made explicit leaves, for `backsolve` (the
     continuous adjoint differentiates only explicit inputs; `odeint` does this for a bare
     field, but here the field sits inside the augmented module)."""
-    if odeint_kwargs.get("adjoint") != "backsolve" or isinstance(func, eqx.Module):
+    if call.settings.adjoint != "backsolve" or isinstance(func, eqx.Module):
         return func
     t0 = jnp.asarray(ts)[0]
-    if not jnp.issubdtype(t0.dtype, jnp.floating):
+    if not jnp.issubdtype(t0.dtype, jnp.floating) or t0.dtype != y.dtype:
         t0 = t0.astype(y.dtype)
-    return eqx.filter_closure_convert(func, t0, y, odeint_kwargs.get("args"))
+    return eqx.filter_closure_convert(func, t0, y, call.args)
 
 
-def _solve_one(func, y0, ts, regularisers, noises, solve, odeint_kwargs):
+def _solve_one(func, y0, ts, regularisers, noises, integrals, call: _Call, vmap_size):
+    kw = dict(args=call.args, throw=call.throw, check=call.check, vmap_size=vmap_size,
+              caller="regularised_odeint")
     if not regularisers:
-        ys, stats = odeint(func, y0, ts, return_stats=True, **odeint_kwargs)
+        ys, stats, _ = solve(func, y0, ts, call.settings, **kw)
         return ys, jnp.zeros((0,), y0.dtype), stats
-    aug = _AugmentedField(_explicit(func, ts, y0, odeint_kwargs), regularisers, noises)
+    aug = _AugmentedField(_explicit(func, ts, y0, call), regularisers, noises)
     r0 = jnp.zeros((len(regularisers),), y0.dtype)
-    (ys, rs), stats = solve(aug, (y0, r0), ts, return_stats=True, **odeint_kwargs)
-    return ys, rs[-1] * _direction(ts).astype(rs.dtype), stats
+    (ys, rs), stats, _ = solve(aug, (y0, r0), ts, call.settings, integrals=integrals, **kw)
+    return ys, rs[-1] * _direction(ts, rs.dtype), stats
 
 
 def regularised_odeint_batch(
@@ -891,25 +888,28 @@ def regularised_odeint_batch(
         field, y0s, ts, regs, key=key, mode="joint", solver="tsit5")
     ```
     """
-    if mode not in BATCH_MODES:
-        raise InputError(unknown_name_message("batch mode", mode, BATCH_MODES))
+    check_choice("batch mode", mode, BATCH_MODES)
     regularisers = _as_regularisers(regularisers)
-    _check_kwargs(odeint_kwargs)
-    solve = _solve_for(quadrature, regularisers)
-    y0s = _check_state("y0s", y0s, 2, "a batch of states, a float array of shape (B, d)")
+    call = _solve_arguments("regularised_odeint_batch", odeint_kwargs)
+    integrals = integration_of(quadrature, regularisers)
+    y0s = check_flat_state("regularised_odeint_batch", "y0s", y0s, 2,
+                           "a batch of states, a float array of shape (B, d)")
     noises = sample_noise(regularisers, key, y0s.shape, y0s.dtype)
     if mode == "vmap":
         ys, penalties, stats = jax.vmap(
-            lambda y0, eps: _solve_one(func, y0, ts, regularisers, eps, solve, odeint_kwargs)
+            lambda y0, eps: _solve_one(func, y0, ts, regularisers, eps, integrals, call,
+                                       y0s.shape[0])
         )(y0s, noises)
         return ys, jnp.mean(penalties, axis=0), stats
+    kw = dict(args=call.args, throw=call.throw, check=call.check,
+              caller="regularised_odeint_batch")
     if not regularisers:
-        ys, stats = odeint(_JointField(func), y0s, ts, return_stats=True, **odeint_kwargs)
+        ys, stats, _ = solve(JointField(func), y0s, ts, call.settings, **kw)
         return jnp.moveaxis(ys, 0, 1), jnp.zeros((0,), y0s.dtype), stats
-    aug = _JointAugmentedField(_explicit(func, ts, y0s[0], odeint_kwargs), regularisers, noises)
+    aug = _JointAugmentedField(_explicit(func, ts, y0s[0], call), regularisers, noises)
     r0 = jnp.zeros((len(regularisers),), y0s.dtype)
-    (ys, rs), stats = solve(aug, (y0s, r0), ts, return_stats=True, **odeint_kwargs)
-    penalties = rs[-1] * _direction(ts).astype(rs.dtype) / y0s.shape[0]
+    (ys, rs), stats, _ = solve(aug, (y0s, r0), ts, call.settings, integrals=integrals, **kw)
+    penalties = rs[-1] * _direction(ts, rs.dtype) / y0s.shape[0]
     return jnp.moveaxis(ys, 0, 1), penalties, stats
 
 

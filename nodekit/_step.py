@@ -17,7 +17,6 @@ Two start-up and dispatch levers live here:
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 from pathlib import Path
@@ -33,12 +32,25 @@ from ._optim import needs_value_fn
 from ._rundir import atomic_write_bytes
 
 
+def _optax_promotion():
+    """Optax's updates mix dtypes implicitly (Adam's bias correction is `decay ** count`
+    with an int32 count), so under a caller's strict dtype promotion
+    (`jax.numpy_dtype_promotion("strict")`, as Equinox's and Diffrax's test suites use)
+    they fail. The optimiser update runs with standard promotion: scoped to this trace,
+    nothing process-wide changes."""
+    return jax.numpy_dtype_promotion("standard")
+
+
 def step_body(loss_fn: Callable, optim: optax.GradientTransformation) -> Callable:
     """The un-jitted training step (see `make_step`)."""
 
     def step(model, opt_state, batch, key):
         (loss, aux), grads = eqx.filter_value_and_grad(loss_fn, has_aux=True)(model, batch, key)
         params = eqx.filter(model, eqx.is_inexact_array)
+        with _optax_promotion():
+            return _update(loss, aux, grads, params, model, opt_state, batch, key)
+
+    def _update(loss, aux, grads, params, model, opt_state, batch, key):
         if needs_value_fn(opt_state):
             # a line search (lbfgs): the loss on this step's batch and key, as a
             # function of the parameters alone
@@ -87,35 +99,6 @@ def make_step(loss_fn: Callable, optim: optax.GradientTransformation) -> Callabl
     return eqx.filter_jit(step_body(loss_fn, optim))
 
 
-@contextlib.contextmanager
-def no_host_callbacks():
-    """Trace with Equinox's runtime checks in `nan` mode instead of host callbacks.
-
-    Diffrax validates `SaveAt(ts)` with `eqx.error_if`, which inserts host callbacks;
-    those stop `jax.export` and JAX's persistent compilation cache. Training solves run
-    with `throw=False`, their times are validated on the host, and a tripped check gives
-    NaN, which the step's non-finite guard reports. Scoped to the trace: user code that
-    calls `odeint(throw=True)` keeps its errors.
-    """
-    import equinox._errors as eqx_errors
-
-    old = eqx_errors.EQX_ON_ERROR
-    if old != "raise":
-        yield
-        return
-    # `diffrax.diffeqsolve` is itself jitted: a trace cached in "raise" mode would be
-    # reused here (bringing its callbacks), and one cached here would later hand NaN to
-    # a caller expecting errors. JAX's caches are cleared on the way in and out (the
-    # compiled training step keeps its own executable).
-    jax.clear_caches()
-    eqx_errors.EQX_ON_ERROR = "nan"
-    try:
-        yield
-    finally:
-        eqx_errors.EQX_ON_ERROR = old
-        jax.clear_caches()
-
-
 def _spec(x):
     """The abstract value of `x`, keeping its sharding when it spans several devices
     (so the step compiled ahead of time accepts the sharded arrays it will be given)."""
@@ -150,8 +133,10 @@ def _versions() -> dict:
 
 def _load_or_export(jitted, specs, path: Path):
     """`(callable, source, module)`: the function stored at `path` (`"export-cache"`), or
-    `jitted` traced in `no_host_callbacks()`, exported and stored there
-    (`"traced+exported"`); `module` is the serialised StableHLO."""
+    `jitted` traced, exported and stored there (`"traced+exported"`); `module` is the
+    serialised StableHLO. A step holding host callbacks (Equinox's runtime checks, unless
+    `EQX_ON_ERROR=nan` was set before Equinox was imported, as the CLI does) cannot be
+    exported: `export` raises, and the caller falls back to tracing."""
     from jax import export
 
     if path.exists():
@@ -160,52 +145,15 @@ def _load_or_export(jitted, specs, path: Path):
             return jax.jit(exported.call), "export-cache", exported.mlir_module_serialized
         except Exception:  # unreadable entry: export afresh below
             pass
-    with no_host_callbacks():
-        exported = export.export(jitted)(*specs)
+    exported = export.export(jitted)(*specs)
     atomic_write_bytes(path, bytes(exported.serialize()))
     return jax.jit(exported.call), "traced+exported", exported.mlir_module_serialized
 
 
-@contextlib.contextmanager
-def _no_unused_lapack(serialized: bytes | None):
-    """Skip JAX's LAPACK set-up while lowering a loaded step that calls no LAPACK routine.
-
-    Lowering a call to an exported function on CPU first initialises JAX's LAPACK
-    bindings, which imports `scipy.linalg` (0.12-0.25 s here, most of what a warm start
-    spends after the imports). The training step of an ODE fit calls no LAPACK routine;
-    the routines' FFI targets are named in the serialised module, so the set-up is
-    kept whenever one appears (the names are jaxlib's own list of its LAPACK targets),
-    and whenever JAX's internals are not where expected."""
-    try:
-        from jax._src.export import _export
-        from jaxlib.cpu import _lapack
-
-        original = _export._ensure_backends_initialized
-        targets = [name.encode() for name in _lapack.registrations()]
-    except Exception:  # pragma: no cover - JAX internals moved: keep the set-up
-        yield
-        return
-    if serialized is None or not targets or any(t in serialized for t in targets):
-        yield
-        return
-    _export._ensure_backends_initialized = lambda platforms: None
-    try:
-        yield
-    finally:
-        _export._ensure_backends_initialized = original
-
-
 def _compile(fn, specs, source: str, serialized: bytes | None = None):
-    """Trace (unless loaded) and compile now, so the timing and the scope of
-    `no_host_callbacks` are both explicit. A loaded function has nothing left to trace
-    in it, so it is compiled outside `no_host_callbacks` (whose `jax.clear_caches()`
-    would make every small op of the run compile again); `serialized` is its module
-    (see `_no_unused_lapack`)."""
-    if source == "export-cache":
-        with _no_unused_lapack(serialized):
-            return fn.lower(*specs).compile()
-    with no_host_callbacks():
-        return fn.lower(*specs).compile()
+    """Trace (unless loaded) and compile now, so that the timing is explicit."""
+    del source, serialized
+    return fn.lower(*specs).compile()
 
 
 def _digest(material: dict) -> str:

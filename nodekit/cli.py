@@ -2,11 +2,21 @@
 
 Exit codes: 0 success; 2 bad input (config, arguments, files) with one message and no
 traceback; 3 a training fault (non-finite loss, solver failure) with what to try.
+
+Environment: `main()` sets Equinox's documented switch `EQX_ON_ERROR=nan` (unless you
+set it yourself: yours wins) before JAX and Equinox are imported. Runtime checks inside
+compiled code (`eqx.error_if`, e.g. Diffrax's check of the output times) then give NaN
+instead of a host callback, which the training step's non-finite guard reports; a step
+without host callbacks can be exported and stored in JAX's persistent compilation
+cache, so a second run of a config starts in about a second. Library callers of
+`nodekit.train()` keep Equinox's default (`raise`): their runs work the same, and their
+step is cached when it has no callbacks (see `summary.json`'s `step_source`).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -122,6 +132,11 @@ _COMMANDS = {"train": _cmd_train, "validate": _cmd_validate, "reproduce": _cmd_r
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `nodekit` console script; returns the exit code."""
+    # Before anything imports Equinox (it reads the variable once, on import); see the
+    # module docstring. A user's own setting wins, and when main() is called in a process
+    # that already imported Equinox (a test, a notebook) it would change nothing there.
+    if "equinox" not in sys.modules:
+        os.environ.setdefault("EQX_ON_ERROR", "nan")
     args = _parser().parse_args(argv)
     from ._errors import NodekitError
 

@@ -15,21 +15,28 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from jaxtyping import PRNGKeyArray
+
 from .._errors import InputError
 from .._fields import MLPField, get_activation
 from .._neural_ode import NeuralODE
 from .._odeint import SolveStats
+from .._settings import SolveSettings
 from ._common import (
     add_stats,
     check_choice,
     check_int,
     check_positive,
+    model_settings,
     solve,
     solve_from,
     stats_aux,
     sum_stats,
     zero_stats,
 )
+
+#: A latent ODE's solve settings unless told otherwise (loose: the data are noisy).
+LATENT_SETTINGS = SolveSettings(rtol=1e-3, atol=1e-4, max_steps=1024)
 
 #: Encoders of `LatentODE`: the ODE-RNN (the hidden state flows by an ODE between
 #: observations) or a GRU told the time gaps (`Δt` as an extra input).
@@ -150,8 +157,10 @@ class LatentODE(eqx.Module):
       al.'s latent ODE demo; no solves in the encoder).
     - `activation`: of the fields' MLPs (a name from `nodekit.ACTIVATIONS`).
     - `decoder_width`, `decoder_depth`: the decoder MLP (depth 0 = linear).
-    - `solver`, `rtol`, `atol`, `dt0`, `adjoint`, `max_steps`: every solve (latent and
-      ODE-RNN), as in `nodekit.odeint`.
+    - `settings`: the `nodekit.SolveSettings` of every solve (latent and ODE-RNN; default
+      `LATENT_SETTINGS`: `rtol=1e-3`, `atol=1e-4`, `max_steps=1024`); keyword arguments
+      `solver`, `rtol`, `atol`, `dt0`, `adjoint`, `max_steps`, `checkpoints`, `engine`
+      override single settings.
     - `key`: a `jax.random.PRNGKey` (keyword only).
 
     **Example:**
@@ -185,13 +194,9 @@ class LatentODE(eqx.Module):
         activation: str = "tanh",
         decoder_width: int = 20,
         decoder_depth: int = 1,
-        solver: str = "tsit5",
-        rtol: float = 1e-3,
-        atol: float = 1e-4,
-        dt0: float | None = None,
-        adjoint: str = "recursive",
-        max_steps: int = 1024,
-        key: jax.Array,
+        settings: SolveSettings | None = None,
+        key: PRNGKeyArray,
+        **overrides,
     ):
         for name, value, low in (("data_size", data_size, 1), ("latent_size", latent_size, 1),
                                  ("hidden_size", hidden_size, 1), ("width", width, 1),
@@ -199,24 +204,28 @@ class LatentODE(eqx.Module):
                                  ("decoder_depth", decoder_depth, 0)):
             check_int("LatentODE", name, value, low)
         check_choice("encoder", encoder, ENCODERS)
-        settings = dict(solver=solver, rtol=rtol, atol=atol, dt0=dt0, adjoint=adjoint,
-                        max_steps=max_steps)
+        settings = model_settings(LatentODE, LATENT_SETTINGS, settings, overrides)
         kc, ke, kl, kf, kd = jax.random.split(key, 5)
         extra = 1 if encoder == "gru" else 0
         self.encoder_cell = eqx.nn.GRUCell(2 * data_size + extra, hidden_size, key=kc)
         self.encoder_ode = (
-            NeuralODE(MLPField(hidden_size, width, depth, activation=activation, key=ke), **settings)
+            NeuralODE(MLPField(hidden_size, width, depth, activation=activation, key=ke), settings)
             if encoder == "ode_rnn" else None
         )
         self.to_latent = eqx.nn.Linear(hidden_size, 2 * latent_size, key=kl)
         self.ode = NeuralODE(MLPField(latent_size, width, depth, activation=activation, key=kf),
-                             **settings)
+                             settings)
         self.decoder = eqx.nn.MLP(latent_size, data_size, decoder_width, decoder_depth,
                                   activation=get_activation(activation), key=kd)
         self.data_size = data_size
         self.latent_size = latent_size
         self.hidden_size = hidden_size
         self.encoder = encoder
+
+    @property
+    def settings(self) -> SolveSettings:
+        """The solve settings of every solve (held by `ode`)."""
+        return self.ode.settings
 
     def encode(self, times, values, mask, *, throw: bool = True):
         """The approximate posterior of `z` at `times[0]` for one sequence.

@@ -10,10 +10,15 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from jaxtyping import PRNGKeyArray
+
 from .._errors import InputError
 from .._fields import AbstractVectorField, MLPField
 from .._neural_ode import NeuralODE, Solution
-from ._common import check_int, stats_aux
+from .._settings import SolveSettings
+from ._common import check_int, model_settings, stats_aux
+
+_DEFAULTS = SolveSettings()
 
 
 class UDEField(AbstractVectorField):
@@ -54,6 +59,11 @@ class AbstractUDE(eqx.Module):
     ode: eqx.AbstractVar[NeuralODE]
 
     @property
+    def settings(self) -> SolveSettings:
+        """The solve settings (held by `ode`)."""
+        return self.ode.settings
+
+    @property
     def known(self):
         """The known-physics term `known(t, y, args)`."""
         return self.ode.field.known
@@ -88,11 +98,18 @@ class UDE(AbstractUDE):
       fixed).
     - `neural`: the learned term `neural(t, y, args) -> dy/dt`, e.g.
       `nodekit.MLPField(d, width=32, key=key)`.
-    - `solver`, `rtol`, `atol`, `dt0`, `adjoint`, `max_steps`: as in `nodekit.odeint`.
+    - `settings`: a `nodekit.SolveSettings` (its defaults when omitted); keyword arguments
+      `solver`, `rtol`, `atol`, `dt0`, `adjoint`, `max_steps`, `checkpoints`, `engine`
+      override single settings.
 
     **Example:**
 
     ```python
+    import jax
+    import jax.numpy as jnp
+    import nodekit
+    from nodekit.models import UDE
+
     decay = lambda t, y, args: -0.5 * y
     ude = UDE(decay, nodekit.MLPField(2, width=16, key=jax.random.PRNGKey(0)))
     ys = ude(jnp.linspace(0, 1, 10), jnp.array([1.0, 2.0]))     # (10, 2)
@@ -106,12 +123,8 @@ class UDE(AbstractUDE):
         known,
         neural,
         *,
-        solver: str = "tsit5",
-        rtol: float = 1e-6,
-        atol: float = 1e-8,
-        dt0: float | None = None,
-        adjoint: str = "recursive",
-        max_steps: int = 4096,
+        settings: SolveSettings | None = None,
+        **overrides,
     ):
         for name, f in (("known", known), ("neural", neural)):
             if not callable(f):
@@ -119,8 +132,8 @@ class UDE(AbstractUDE):
                     f"UDE {name} must be callable as {name}(t, y, args), got "
                     f"{type(f).__name__}."
                 )
-        self.ode = NeuralODE(UDEField(known, neural), solver=solver, rtol=rtol, atol=atol,
-                             dt0=dt0, adjoint=adjoint, max_steps=max_steps)
+        self.ode = NeuralODE(UDEField(known, neural),
+                             model_settings(UDE, _DEFAULTS, settings, overrides))
 
 
 class LotkaVolterraKnown(AbstractVectorField):
@@ -183,7 +196,8 @@ class LotkaVolterraUDE(AbstractUDE):
     - `width`, `depth`, `activation`: the network (an autonomous `nodekit.MLPField` on
       the 2-D state). Rackauckas et al. used width 5 to 32 with RBF/tanh activations.
     - `alpha`, `delta`: the known rates; `learn_known`: also fit them (default `False`).
-    - `solver`, `rtol`, `atol`, `dt0`, `adjoint`, `max_steps`: as in `nodekit.odeint`.
+    - `settings`: a `nodekit.SolveSettings`; keyword arguments `solver`, `rtol`, `atol`,
+      `dt0`, `adjoint`, `max_steps`, `checkpoints`, `engine` override single settings.
     - `key`: a `jax.random.PRNGKey` (keyword only).
 
     **Example:**
@@ -206,20 +220,16 @@ class LotkaVolterraUDE(AbstractUDE):
         delta: float = 1.8,
         learn_known: bool = False,
         activation: str = "tanh",
-        solver: str = "tsit5",
-        rtol: float = 1e-6,
-        atol: float = 1e-8,
-        dt0: float | None = None,
-        adjoint: str = "recursive",
-        max_steps: int = 4096,
-        key: jax.Array,
+        settings: SolveSettings | None = None,
+        key: PRNGKeyArray,
+        **overrides,
     ):
         check_int("LotkaVolterraUDE", "width", width, 1)
         check_int("LotkaVolterraUDE", "depth", depth, 0)
         known = LotkaVolterraKnown(alpha, delta, learnable=learn_known)
         neural = MLPField(2, width, depth, activation=activation, key=key)
-        self.ode = NeuralODE(UDEField(known, neural), solver=solver, rtol=rtol, atol=atol,
-                             dt0=dt0, adjoint=adjoint, max_steps=max_steps)
+        self.ode = NeuralODE(UDEField(known, neural),
+                             model_settings(LotkaVolterraUDE, _DEFAULTS, settings, overrides))
 
 
 def trajectory_loss(

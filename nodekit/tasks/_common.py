@@ -40,9 +40,10 @@ def regulariser_names(regularisers) -> list[str]:
 
 
 def solve_kwargs(config: Config) -> dict:
-    s = config.solver
-    return dict(solver=s.name, rtol=s.rtol, atol=s.atol, dt0=s.dt0, adjoint=s.adjoint,
-                max_steps=s.max_steps, checkpoints=s.checkpoints, engine=s.engine)
+    """The config's solver settings as keyword arguments of a solve or a model."""
+    from .._settings import SolveSettings
+
+    return dict(settings=SolveSettings.from_config(config.solver))
 
 
 def solve_batch_regularised(field, y0s, ts, regularisers, key, config: Config):
