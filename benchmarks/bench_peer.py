@@ -112,15 +112,11 @@ class TorchTrainer:
 # ----------------------------------------------------------------- nodekit side
 
 
-class JointField(eqx.Module):
-    """PROTOTYPE of the fix for joint-mode `backsolve`: the batched field as an Equinox
-    module (a pytree holding the parameters) instead of a Python closure, so that
-    Diffrax's `BacksolveAdjoint` sees the parameters it must differentiate."""
+def JointField(field):
+    """The batched field as an Equinox module (nodekit's one joint-batch wrapper)."""
+    from nodekit._fields import JointField as _JointField
 
-    field: eqx.Module
-
-    def __call__(self, t, y, args):
-        return jax.vmap(self.field, in_axes=(None, 0, None))(t, y, args)
+    return _JointField(field)
 
 
 class NodekitTrainer:
@@ -213,7 +209,8 @@ def spiral_setup(adjoint="recursive", batch_mode="joint", loss=None, engine="aut
 
 
 def joint_backsolve_loss(task, cfg):
-    """The trajectory loss with the prototype `JointField` and `adjoint="backsolve"`."""
+    """The trajectory loss with the batch as one state (`JointField`) and
+    `adjoint="backsolve"`."""
     import nodekit
 
     s = cfg.solver

@@ -38,8 +38,11 @@ class InputError(NodekitError, ValueError):
     **Example:**
 
     ```python
+    import jax.numpy as jnp
+    import nodekit
+
     try:
-        nodekit.odeint(f, y0, ts, solver="dopri")
+        nodekit.odeint(lambda t, y, args: -y, jnp.ones(2), jnp.linspace(0, 1, 3), solver="dopri")
     except nodekit.InputError as e:
         print(e)   # unknown solver 'dopri'; did you mean 'dopri5'? ...
     ```
@@ -118,10 +121,14 @@ class SolverError(TrainingFault):
     **Example:**
 
     ```python
+    import jax.numpy as jnp
+    import nodekit
+
+    stiff_field = lambda t, y, args: -1e5 * (y - jnp.cos(t))
     try:
-        nodekit.odeint(stiff_field, y0, ts, max_steps=16)
+        nodekit.odeint(stiff_field, jnp.ones(1), jnp.linspace(0, 1, 3), max_steps=16)
     except nodekit.SolverError as e:
-        print(e)   # ... hit max_steps=16 ... Try looser tolerances, a stiff solver ...
+        print(e)   # ... hit max_steps=16 ... It stopped at t=... Try looser tolerances ...
     ```
     """
 

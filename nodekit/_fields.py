@@ -44,10 +44,17 @@ class AbstractVectorField(eqx.Module):
     **Example:**
 
     ```python
+    import jax
+    import jax.numpy as jnp
+    import nodekit
+
     class Linear(nodekit.AbstractVectorField):
         A: jax.Array
+
         def __call__(self, t, y, args):
             return self.A @ y
+
+    ys = nodekit.odeint(Linear(-jnp.eye(2)), jnp.ones(2), jnp.linspace(0.0, 1.0, 3))
     ```
     """
 
@@ -78,6 +85,10 @@ class MLPField(AbstractVectorField):
     **Example:**
 
     ```python
+    import jax
+    import jax.numpy as jnp
+    import nodekit
+
     field = nodekit.MLPField(2, width=50, depth=1, key=jax.random.PRNGKey(0))
     dy = field(0.0, jnp.ones(2), None)   # shape (2,)
     ```
@@ -143,8 +154,12 @@ class SecondOrderField(AbstractVectorField):
     **Example:**
 
     ```python
-    accel = nodekit.MLPField(4, width=32, key=key)      # sees [x, v], returns 4 values
-    field = nodekit.SecondOrderField.from_mlp(2, width=32, key=key)
+    import jax
+    import jax.numpy as jnp
+    import nodekit
+
+    field = nodekit.SecondOrderField.from_mlp(2, width=32, key=jax.random.PRNGKey(0))
+    dy = field(0.0, jnp.ones(4), None)   # [v, a(x, v)], shape (4,)
     ```
     """
 
@@ -204,7 +219,12 @@ class FunctionField(AbstractVectorField):
     **Example:**
 
     ```python
+    import jax
+    import jax.numpy as jnp
+    import nodekit
+
     decay = nodekit.FunctionField(lambda t, y, args: -y)
+    ys = nodekit.odeint(decay, jnp.ones(2), jnp.linspace(0.0, 1.0, 3))
     ```
     """
 

@@ -102,6 +102,11 @@ class AbstractRegulariser(eqx.Module):
     **Example:**
 
     ```python
+    import equinox as eqx
+    import jax
+    import jax.numpy as jnp
+    import nodekit
+
     class Speed(nodekit.AbstractRegulariser):   # integral of ||f||_1
         weight: float = eqx.field(static=True)
 
@@ -111,6 +116,9 @@ class AbstractRegulariser(eqx.Module):
 
         def integrand(self, func, t, y, args, eps):
             return jnp.sum(jnp.abs(func(t, y, args)))
+
+    ys, penalties, stats = nodekit.regularised_odeint(
+        lambda t, y, args: -y, jnp.ones(2), jnp.linspace(0.0, 1.0, 3), (Speed(0.1),))
     ```
     """
 
@@ -238,6 +246,12 @@ class KineticEnergy(_SharedWork):
     **Example:**
 
     ```python
+    import jax
+    import jax.numpy as jnp
+    import nodekit
+
+    field = nodekit.MLPField(2, width=8, depth=1, key=jax.random.PRNGKey(0))
+    y0, ts, key = jnp.array([1.0, 0.5]), jnp.linspace(0.0, 1.0, 3), jax.random.PRNGKey(1)
     reg = nodekit.KineticEnergy(0.01)
     ys, penalties, stats = nodekit.regularised_odeint(field, y0, ts, [reg])
     ```
@@ -313,6 +327,12 @@ class JacobianFrobenius(_SharedWork):
     **Example:**
 
     ```python
+    import jax
+    import jax.numpy as jnp
+    import nodekit
+
+    field = nodekit.MLPField(2, width=8, depth=1, key=jax.random.PRNGKey(0))
+    y0, ts, key = jnp.array([1.0, 0.5]), jnp.linspace(0.0, 1.0, 3), jax.random.PRNGKey(1)
     reg = nodekit.JacobianFrobenius(0.01, estimator="hutchinson", noise="rademacher")
     ys, penalties, stats = nodekit.regularised_odeint(field, y0, ts, [reg], key=key)
     ```
@@ -497,6 +517,12 @@ class TaylorRK(_SharedWork):
     **Example:**
 
     ```python
+    import jax
+    import jax.numpy as jnp
+    import nodekit
+
+    field = nodekit.MLPField(2, width=8, depth=1, key=jax.random.PRNGKey(0))
+    y0, ts, key = jnp.array([1.0, 0.5]), jnp.linspace(0.0, 1.0, 3), jax.random.PRNGKey(1)
     reg = nodekit.TaylorRK(0.01, order=3)
     ys, penalties, stats = nodekit.regularised_odeint(field, y0, ts, [reg])
     ```
@@ -643,8 +669,14 @@ def augmented_field(func: Callable, regularisers, noises=None) -> Callable:
     **Example:**
 
     ```python
+    import jax
+    import jax.numpy as jnp
+    import nodekit
+
+    field = nodekit.MLPField(2, width=8, depth=1, key=jax.random.PRNGKey(0))
+    y0, ts, key = jnp.array([1.0, 0.5]), jnp.linspace(0.0, 1.0, 3), jax.random.PRNGKey(1)
     aug = nodekit.augmented_field(field, (nodekit.KineticEnergy(1.0),))
-    dy, dr = aug(0.0, (y, jnp.zeros(1)), None)
+    dy, dr = aug(0.0, (y0, jnp.zeros(1)), None)
     ```
     """
     regularisers = _as_regularisers(regularisers)
@@ -672,6 +704,10 @@ def sample_noise(regularisers, key, y_shape, dtype=jnp.float32) -> tuple:
     **Example:**
 
     ```python
+    import jax
+    import jax.numpy as jnp
+    import nodekit
+
     regs = (nodekit.JacobianFrobenius(0.01, estimator="hutchinson"),)
     (eps,) = nodekit.sample_noise(regs, jax.random.PRNGKey(0), (2,), jnp.float32)
     ```
@@ -789,9 +825,15 @@ def regularised_odeint(
     **Example:**
 
     ```python
+    import jax
+    import jax.numpy as jnp
+    import nodekit
+
+    field = nodekit.MLPField(2, width=8, depth=1, key=jax.random.PRNGKey(0))
+    y0, ts, key = jnp.array([1.0, 0.5]), jnp.linspace(0.0, 1.0, 3), jax.random.PRNGKey(1)
     regs = (nodekit.KineticEnergy(0.01), nodekit.JacobianFrobenius(0.01, "hutchinson"))
     ys, pen, stats = nodekit.regularised_odeint(field, y0, ts, regs, key=key)
-    loss = jnp.mean((ys - target) ** 2) + nodekit.total_penalty(regs, pen)
+    loss = jnp.mean((ys - 0.5) ** 2) + nodekit.total_penalty(regs, pen)
     ```
     """
     if batch_mode is not None:
@@ -884,6 +926,14 @@ def regularised_odeint_batch(
     **Example:**
 
     ```python
+    import jax
+    import jax.numpy as jnp
+    import nodekit
+
+    field = nodekit.MLPField(2, width=8, depth=1, key=jax.random.PRNGKey(0))
+    y0, ts, key = jnp.array([1.0, 0.5]), jnp.linspace(0.0, 1.0, 3), jax.random.PRNGKey(1)
+    regs = (nodekit.KineticEnergy(0.01),)
+    y0s = jnp.ones((4, 2))
     ys, pen, stats = nodekit.regularised_odeint_batch(
         field, y0s, ts, regs, key=key, mode="joint", solver="tsit5")
     ```
@@ -939,6 +989,10 @@ def steer_end_time(key, t1, b, *, t0=None) -> jax.Array:
     **Example:**
 
     ```python
+    import jax
+    import jax.numpy as jnp
+    import nodekit
+
     t_end = nodekit.steer_end_time(jax.random.PRNGKey(3), 1.0, 0.5, t0=0.0)  # in [0.5, 1.5]
     ```
     """
@@ -976,7 +1030,15 @@ def total_penalty(regularisers, penalties) -> jax.Array:
     **Example:**
 
     ```python
-    loss = task_loss + nodekit.total_penalty(regs, penalties)
+    import jax
+    import jax.numpy as jnp
+    import nodekit
+
+    field = nodekit.MLPField(2, width=8, depth=1, key=jax.random.PRNGKey(0))
+    y0, ts, key = jnp.array([1.0, 0.5]), jnp.linspace(0.0, 1.0, 3), jax.random.PRNGKey(1)
+    regs = (nodekit.KineticEnergy(0.01),)
+    ys, penalties, stats = nodekit.regularised_odeint(field, y0, ts, regs)
+    loss = jnp.mean(ys**2) + nodekit.total_penalty(regs, penalties)
     ```
     """
     regularisers = _as_regularisers(regularisers)

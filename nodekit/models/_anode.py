@@ -156,6 +156,13 @@ def anode_loss(
     **Example:**
 
     ```python
+    import equinox as eqx
+    import jax
+    import jax.numpy as jnp
+    from nodekit.models import ANODEClassifier, anode_loss
+
+    model = ANODEClassifier(2, augment_dim=1, width=8, key=jax.random.PRNGKey(0))
+    xs, ys = jnp.ones((4, 2)), jnp.array([1.0, -1.0, 1.0, -1.0])
     (loss, aux), grads = eqx.filter_value_and_grad(anode_loss, has_aux=True)(model, xs, ys)
     ```
     """

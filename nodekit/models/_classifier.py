@@ -58,6 +58,10 @@ class ConvField(AbstractVectorField):
     **Example:**
 
     ```python
+    import jax
+    import jax.numpy as jnp
+    from nodekit.models import ConvField
+
     field = ConvField(16, key=jax.random.PRNGKey(0))
     dh = field(0.0, jnp.zeros((16, 4, 4)), None)   # (16, 4, 4)
     ```
@@ -263,7 +267,11 @@ class ResNetClassifier(eqx.Module):
     **Example:**
 
     ```python
-    resnet = ResNetClassifier(10, width=16, num_blocks=6, key=jax.random.PRNGKey(0))
+    import jax
+    from nodekit.models import ODENetClassifier, ResNetClassifier, count_params
+
+    key = jax.random.PRNGKey(0)
+    resnet = ResNetClassifier(10, width=16, num_blocks=6, key=key)
     count_params(resnet) > count_params(ODENetClassifier(10, 16, key=key))   # True
     ```
     """
@@ -317,7 +325,10 @@ def count_params(model) -> int:
     **Example:**
 
     ```python
-    count_params(ODENetClassifier(10, 16, key=key))   # a few thousand
+    import jax
+    from nodekit.models import ODENetClassifier, count_params
+
+    count_params(ODENetClassifier(10, 16, key=jax.random.PRNGKey(0)))   # a few thousand
     ```
     """
     leaves = jax.tree_util.tree_leaves(eqx.filter(model, eqx.is_inexact_array))
@@ -354,6 +365,13 @@ def classification_loss(
     **Example:**
 
     ```python
+    import equinox as eqx
+    import jax
+    import jax.numpy as jnp
+    from nodekit.models import ODENetClassifier, classification_loss
+
+    model = ODENetClassifier(10, 8, key=jax.random.PRNGKey(0))
+    images, labels = jnp.zeros((4, 1, 8, 8)), jnp.array([0, 1, 2, 3])
     (loss, aux), grads = eqx.filter_value_and_grad(classification_loss, has_aux=True)(
         model, images, labels)
     ```

@@ -86,7 +86,14 @@ class CNFDynamics(eqx.Module):
     **Example:**
 
     ```python
+    import jax
+    import jax.numpy as jnp
+    import nodekit
+    from nodekit.models import CNF
+
+    cnf = CNF.from_mlp(2, width=8, depth=1, key=jax.random.PRNGKey(0))
     dyn = cnf.dynamics(eps=None)
+    x = jnp.array([0.5, -1.0])
     ys = nodekit.odeint(dyn, (x, jnp.zeros(())), jnp.array([0.0, 1.0]))
     ```
     """
@@ -374,7 +381,13 @@ class CNF(eqx.Module):
         **Example:**
 
         ```python
+        import jax
+        import jax.numpy as jnp
+        from nodekit.models import CNF
+
+        cnf = CNF.from_mlp(2, width=8, depth=1, key=jax.random.PRNGKey(0))
         logp, stats = cnf.log_prob(jnp.zeros(2))            # trace="exact"
+        grid = jnp.stack(jnp.meshgrid(jnp.linspace(-1, 1, 3), jnp.linspace(-1, 1, 3)), -1).reshape(-1, 2)
         logps, _ = jax.vmap(cnf.log_prob)(grid)             # a density image
         ```
         """
@@ -462,6 +475,14 @@ def nll(
     **Example:**
 
     ```python
+    import jax
+    import jax.numpy as jnp
+    import nodekit
+    from nodekit.models import CNF, nll
+
+    cnf = CNF.from_mlp(2, width=8, depth=1, key=jax.random.PRNGKey(0))
+    xs, key = jax.random.normal(jax.random.PRNGKey(1), (8, 2)), jax.random.PRNGKey(2)
+    kinetic, jacobian = nodekit.KineticEnergy(1.0), nodekit.JacobianFrobenius(1.0)
     loss, aux = nll(cnf, xs, key, mode="joint", regularisers=(kinetic, jacobian))
     total = loss + 0.01 * aux["penalties"][0] + 0.01 * aux["penalties"][1]
     ```

@@ -166,9 +166,16 @@ class LatentODE(eqx.Module):
     **Example:**
 
     ```python
-    model = LatentODE(2, latent_size=4, key=jax.random.PRNGKey(0))
-    loss, aux = elbo(model, times, values, mask, key)          # values (B, T, 2)
-    pred, stats = model.predict(times, values[0], mask[0], jnp.linspace(0, 6, 100))
+    import jax
+    import jax.numpy as jnp
+    from nodekit.models import LatentODE, elbo
+
+    times = jnp.linspace(0.0, 2.0, 6)
+    values = jnp.sin(times)[None, :, None] * jnp.ones((3, 6, 2))   # (B, T, D)
+    mask = jnp.ones((3, 6))
+    model = LatentODE(2, latent_size=4, hidden_size=8, width=8, key=jax.random.PRNGKey(0))
+    loss, aux = elbo(model, times, values, mask, jax.random.PRNGKey(1))
+    pred, stats = model.predict(times, values[0], mask[0], jnp.linspace(0, 6, 20))
     ```
     """
 
@@ -302,6 +309,14 @@ def elbo(
     **Example:**
 
     ```python
+    import jax
+    import jax.numpy as jnp
+    from nodekit.models import LatentODE, elbo
+
+    times = jnp.linspace(0.0, 2.0, 6)
+    values = jnp.sin(times)[None, :, None] * jnp.ones((3, 6, 2))   # (B, T, D)
+    mask = jnp.ones((3, 6))
+    model = LatentODE(2, 4, 8, 8, encoder="gru", key=jax.random.PRNGKey(0))
     loss, aux = elbo(model, times, values, mask, jax.random.PRNGKey(1), obs_std=0.3)
     ```
     """
@@ -354,9 +369,16 @@ class RNNBaseline(eqx.Module):
     **Example:**
 
     ```python
-    rnn = RNNBaseline(2, hidden_size=25, key=jax.random.PRNGKey(0))
+    import jax
+    import jax.numpy as jnp
+    from nodekit.models import RNNBaseline, rnn_loss
+
+    times = jnp.linspace(0.0, 2.0, 6)
+    values = jnp.sin(times)[None, :, None] * jnp.ones((3, 6, 2))   # (B, T, D)
+    mask = jnp.ones((3, 6))
+    rnn = RNNBaseline(2, hidden_size=8, key=jax.random.PRNGKey(0))
     loss, aux = rnn_loss(rnn, times, values, mask)
-    pred, _ = rnn.predict(times, values[0], mask[0], jnp.linspace(0, 6, 100))
+    pred, _ = rnn.predict(times, values[0], mask[0], jnp.linspace(0, 6, 20))
     ```
     """
 
@@ -426,7 +448,14 @@ def rnn_loss(
     **Example:**
 
     ```python
-    loss, aux = rnn_loss(rnn, times, values, mask)
+    import jax
+    import jax.numpy as jnp
+    from nodekit.models import RNNBaseline, rnn_loss
+
+    times = jnp.linspace(0.0, 2.0, 6)
+    values = jnp.sin(times)[None, :, None] * jnp.ones((3, 6, 2))   # (B, T, D)
+    mask = jnp.ones((3, 6))
+    loss, aux = rnn_loss(RNNBaseline(2, 8, 8, key=jax.random.PRNGKey(0)), times, values, mask)
     ```
     """
     check_positive("rnn_loss", "obs_std", obs_std)
@@ -475,7 +504,15 @@ def predict(
     **Example:**
 
     ```python
-    pred, stats = predict(model, times, values, mask, jnp.linspace(0.0, 10.0, 200))
+    import jax
+    import jax.numpy as jnp
+    from nodekit.models import LatentODE, predict
+
+    times = jnp.linspace(0.0, 2.0, 6)
+    values = jnp.sin(times)[None, :, None] * jnp.ones((3, 6, 2))   # (B, T, D)
+    mask = jnp.ones((3, 6))
+    model = LatentODE(2, 4, 8, 8, encoder="gru", key=jax.random.PRNGKey(0))
+    pred, stats = predict(model, times, values, mask, jnp.linspace(0.0, 4.0, 20))
     ```
     """
     if jnp.ndim(values) == 2:

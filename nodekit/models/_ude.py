@@ -27,7 +27,12 @@ class UDEField(AbstractVectorField):
     **Example:**
 
     ```python
-    field = UDEField(lambda t, y, args: -0.5 * y, nodekit.MLPField(2, 16, key=key))
+    import jax
+    import jax.numpy as jnp
+    import nodekit
+    from nodekit.models import UDEField
+
+    field = UDEField(lambda t, y, args: -0.5 * y, nodekit.MLPField(2, 16, key=jax.random.PRNGKey(0)))
     dy = field(0.0, jnp.ones(2), None)
     ```
     """
@@ -48,11 +53,19 @@ class AbstractUDE(eqx.Module):
     **Example:**
 
     ```python
+    import jax
+    import jax.numpy as jnp
+    import nodekit
+    from nodekit.models import AbstractUDE, UDEField
+
     class Damped(AbstractUDE):          # a concrete UDE: declare `ode`, build it in __init__
         ode: nodekit.NeuralODE
 
         def __init__(self, key):
-            self.ode = nodekit.NeuralODE(UDEField(lambda t, y, a: -y, nodekit.MLPField(2, 8, key=key)))
+            field = UDEField(lambda t, y, a: -y, nodekit.MLPField(2, 8, key=key))
+            self.ode = nodekit.NeuralODE(field)
+
+    ys = Damped(jax.random.PRNGKey(0))(jnp.linspace(0.0, 1.0, 3), jnp.ones(2))
     ```
     """
 
@@ -148,6 +161,9 @@ class LotkaVolterraKnown(AbstractVectorField):
     **Example:**
 
     ```python
+    import jax.numpy as jnp
+    from nodekit.models import LotkaVolterraKnown
+
     known = LotkaVolterraKnown(1.3, 1.8)
     known(0.0, jnp.array([1.0, 1.0]), None)   # [1.3, -1.8]
     ```
@@ -203,8 +219,14 @@ class LotkaVolterraUDE(AbstractUDE):
     **Example:**
 
     ```python
-    ude = LotkaVolterraUDE(width=32, key=jax.random.PRNGKey(0))
+    import jax
+    import jax.numpy as jnp
+    from nodekit.models import LotkaVolterraUDE, trajectory_loss
+
+    ude = LotkaVolterraUDE(width=8, key=jax.random.PRNGKey(0))
+    ts, observations = jnp.linspace(0.0, 1.0, 5), jnp.ones((5, 2))
     loss, aux = trajectory_loss(ude, ts, jnp.array([0.44, 4.6]), observations)
+    states = jnp.ones((3, 2))
     learned = jax.vmap(ude.missing_term)(states)      # compare with the true interaction
     ```
     """
@@ -250,6 +272,12 @@ def trajectory_loss(
     **Example:**
 
     ```python
+    import jax
+    import jax.numpy as jnp
+    from nodekit.models import LotkaVolterraUDE, trajectory_loss
+
+    ude = LotkaVolterraUDE(width=8, key=jax.random.PRNGKey(0))
+    ts, y0, observations = jnp.linspace(0.0, 1.0, 5), jnp.array([0.44, 4.6]), jnp.ones((5, 2))
     loss, aux = trajectory_loss(ude, ts, y0, observations)
     ```
     """
