@@ -280,8 +280,10 @@ def solve(func, y0, ts, settings: SolveSettings, *, args=None, throw: bool = Tru
     if which == "diffrax" and checkpoints == "auto":
         checkpoints = auto_checkpoints(y0, settings.info, settings.max_steps,
                                        copies=vmap_size or 1)
+    # (`throw` changes the compiled solve only for backsolve's backward check)
     ys, counts, extras = _integrate(func, y0, ts, args, settings, which, checkpoints,
-                                    integrals, dense, event, throw, is_concrete(ts))
+                                    integrals, dense, event,
+                                    throw or settings.adjoint != "backsolve", is_concrete(ts))
     stats = SolveStats(**counts, integrator=which, reason=why)
     if throw:
         ys = _raise_on_failure(ys, stats, dict(solver=settings.solver, rtol=settings.rtol,

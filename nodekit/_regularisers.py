@@ -46,6 +46,7 @@ import jax.extend.core as jex
 import jax.numpy as jnp
 import numpy as np
 from jax.experimental.jet import jet
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from ._checks import check_choice, check_flat_state, is_concrete, unexpected_keywords
 from ._errors import InputError, unknown_name_message
@@ -146,7 +147,8 @@ class AbstractRegulariser(eqx.Module):
         return False
 
     @abc.abstractmethod
-    def integrand(self, func: Callable, t, y, args, eps) -> jax.Array:
+    def integrand(self, func: Callable, t: ArrayLike, y: Float[Array, " d"], args: Any,
+                  eps: Float[Array, " d"] | None) -> Float[Array, ""]:
         """The scalar integrand at one unbatched state.
 
         **Arguments:**
@@ -772,11 +774,11 @@ def _direction(ts, dtype):
 
 def regularised_odeint(
     func: Callable,
-    y0,
-    ts,
-    regularisers,
+    y0: Float[ArrayLike, " d"],
+    ts: Float[ArrayLike, " times"],
+    regularisers: Sequence[AbstractRegulariser] | AbstractRegulariser,
     *,
-    key=None,
+    key: PRNGKeyArray | None = None,
     batch_mode: str | None = None,
     quadrature: str = "trapezoid",
     **odeint_kwargs,
@@ -892,11 +894,11 @@ def _solve_one(func, y0, ts, regularisers, noises, integrals, call: _Call, vmap_
 
 def regularised_odeint_batch(
     func: Callable,
-    y0s,
-    ts,
-    regularisers,
+    y0s: Float[ArrayLike, "batch d"],
+    ts: Float[ArrayLike, " times"],
+    regularisers: Sequence[AbstractRegulariser] | AbstractRegulariser,
     *,
-    key=None,
+    key: PRNGKeyArray | None = None,
     mode: str = "vmap",
     quadrature: str = "trapezoid",
     **odeint_kwargs,

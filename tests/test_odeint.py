@@ -72,7 +72,6 @@ SOLVER_CASES = [
     ("tsit5", None, 1e-7),
     ("dopri8", None, 1e-7),
     ("kvaerno5", None, 1e-6),
-    ("kvaerno5", 1e-2, 1e-6),  # implicit with a fixed step: root tolerances from rtol/atol
 ]
 
 
@@ -100,12 +99,12 @@ def test_solvers_match_analytic(solver, dt0, tol, reference):
 
 
 @pytest.mark.parametrize("engine", ENGINES)
-@pytest.mark.parametrize("solver", ["dopri5", "tsit5"])
-def test_analytic_pytree_forwards_and_backwards(engine, solver, reference):
+def test_analytic_pytree_forwards_and_backwards(engine, reference):
     """The pytree of analytic problems on each integrator, forwards from y0 and backwards
-    from the exact end state (the trajectory, reversed)."""
+    from the exact end state (the trajectory, reversed). (tsit5; dopri5 on the engine is
+    checked against a closed form in tests/test_engine.py.)"""
     with jax.enable_x64(True):
-        kw = dict(solver=solver, rtol=1e-10, atol=1e-12, engine=engine, return_stats=True)
+        kw = dict(solver="tsit5", rtol=1e-10, atol=1e-12, engine=engine, return_stats=True)
         y0 = jax.tree_util.tree_map(jnp.asarray, Y0)
         end = jax.tree_util.tree_map(lambda r: jnp.asarray(r[-1]), reference)
         ys, stats = nodekit.odeint(problems, y0, TS, **kw)
@@ -319,28 +318,33 @@ def test_solver_failures_say_where_and_what_to_try(engine):
                               return_stats=True, engine=engine)
     assert result_name(int(stats.result)) == "max_steps_reached"
     assert 0.0 < float(stats.t_reached) < 0.1
-    # inside jit the same advice comes back through Equinox's runtime error
-    with pytest.raises(Exception, match="max_steps=16"):
-        jax.block_until_ready(jax.jit(lambda y: nodekit.odeint(stiff, y, ts, max_steps=16,
-                                                               engine=engine))(jnp.ones(1)))
     # a finite-time blow-up (y' = y**2 from 1 explodes at t = 1) in a plain solve
     with pytest.raises(nodekit.SolverError, match=r"stopped at t=(0.99|1) .*blow up in finite "
                                                   r"time.*jax_debug_nans"):
         nodekit.odeint(lambda t, y, a: y**2, jnp.ones(1), jnp.array([0.0, 2.0]), engine=engine)
-    # a field that turns NaN (beyond t = 0.5): the engine sees the state turn
-    # non-finite; Diffrax rejects the steps until max_steps; both say where, and how
-    # to find the NaN
+    if engine == "diffrax":  # (the rest is the same code after the solve: once is enough)
+        return
+    # inside jit the same advice comes back through Equinox's runtime error
+    with pytest.raises(Exception, match="max_steps=16"):
+        jax.block_until_ready(jax.jit(lambda y: nodekit.odeint(stiff, y, ts, max_steps=16,
+                                                               engine=engine))(jnp.ones(1)))
+    # a field that turns NaN (beyond t = 0.5): the state turns non-finite there; the
+    # message says where, and how to find the NaN (on Diffrax, which rejects such steps
+    # until max_steps, the max_steps message says the same)
     with pytest.raises(nodekit.SolverError, match=r"t=0.5 .*jax_debug_nans"):
         nodekit.odeint(lambda t, y, a: y * jnp.log(0.5 - t), jnp.ones(1), jnp.array([0.0, 1.0]),
                        engine=engine, max_steps=512)
 
 
 def test_stiff_solver_the_message_suggests_solves_it():
+    """kvaerno5 (in float64, as the message says) solves the stiff problem, also with a
+    fixed step: its root finder then takes rtol and atol (Diffrax alone would ask for
+    tolerances no nodekit argument sets); the adaptive form is in SOLVER_CASES."""
     stiff = lambda t, y, a: -1e5 * (y - jnp.cos(t))  # noqa: E731
     with jax.enable_x64(True):
         ys, stats = nodekit.odeint(stiff, jnp.ones(1), jnp.linspace(0, 1, 3), solver="kvaerno5",
-                                   rtol=1e-5, atol=1e-7, return_stats=True)
-    assert int(stats.num_steps) < 50 and stats.integrator == "diffrax"
+                                   dt0=0.05, rtol=1e-5, atol=1e-7, return_stats=True)
+    assert int(stats.num_steps) == 20 and stats.integrator == "diffrax"
     assert abs(float(ys[-1, 0]) - np.cos(1.0)) < 1e-3
 
 
