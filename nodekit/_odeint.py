@@ -101,17 +101,14 @@ def get_solver(name: str):
 
 
 def engine_for(engine: str, *, solver: str, adjoint: str, dt0, integrals, checkpoints,
-               max_steps: int, y0, batch_mode: str | None = None) -> tuple[str, str]:
-    """Which integrator runs a solve of `y0` (one state), and why: `("nodekit" |
-    "diffrax", reason)`. Kept for callers of the older keyword form; see
-    `SolveSettings.integrator`. Raises `InputError` for `engine="nodekit"` with settings
-    the engine cannot run."""
+               max_steps: int, y0) -> tuple[str, str]:
+    """Which integrator runs one solve of `y0`, and why: `("nodekit" | "diffrax",
+    reason)`. The older keyword form (the config's check of `solver.engine: nodekit`
+    uses it); see `SolveSettings.integrator`. Raises `InputError` for
+    `engine="nodekit"` with settings the engine cannot run."""
     settings = SolveSettings(solver=solver, adjoint=adjoint, dt0=dt0, checkpoints=checkpoints,
                              max_steps=max_steps, engine=engine)
-    vmap_size = None
-    if batch_mode == "vmap":
-        vmap_size = 2
-    return choose_integrator(settings, y0, vmap_size=vmap_size, integrals=integrals)
+    return choose_integrator(settings, y0, integrals=integrals)
 
 
 def _raise_on_failure(ys, stats: SolveStats, message_kwargs: dict, t_span):

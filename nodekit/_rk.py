@@ -309,6 +309,8 @@ def _forward(f, pair: Pair, params, y0, ts, rtol, atol, max_steps: int, seg: int
             ~jnp.isfinite(jnp.sum(f0)))
     t, _, _, h_next, ys, T, H, Y, C, DY, DP, n_acc, n_steps, bad, nonfinite = \
         jax.lax.while_loop(cond, body, init)
+    # outputs the solve did not reach (it failed first) are inf, as on Diffrax
+    ys = jnp.where((ts > t).reshape((-1,) + (1,) * y0.ndim), jnp.inf, ys)
     # the steps collapse when the state turns non-finite (each attempt is rejected)
     result = jnp.where(t >= t1, _RESULT["successful"],
                        jnp.where(bad, jnp.where(nonfinite, _RESULT["nonfinite"],

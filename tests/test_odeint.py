@@ -314,10 +314,11 @@ def test_solver_failures_say_where_and_what_to_try(engine):
     with pytest.raises(nodekit.SolverError,
                        match=r"max_steps=16.*stopped at t=\S+ of \[0, 1\].*stiff solver.*max_steps"):
         nodekit.odeint(stiff, jnp.ones(1), ts, max_steps=16, engine=engine)
-    _, stats = nodekit.odeint(stiff, jnp.ones(1), ts, max_steps=16, throw=False,
-                              return_stats=True, engine=engine)
+    ys, stats = nodekit.odeint(stiff, jnp.ones(1), ts, max_steps=16, throw=False,
+                               return_stats=True, engine=engine)
     assert result_name(int(stats.result)) == "max_steps_reached"
     assert 0.0 < float(stats.t_reached) < 0.1
+    assert float(ys[0, 0]) == 1.0 and np.all(np.isinf(np.asarray(ys[1:])))  # not reached
     # a finite-time blow-up (y' = y**2 from 1 explodes at t = 1) in a plain solve
     with pytest.raises(nodekit.SolverError, match=r"stopped at t=(0.99|1) .*blow up in finite "
                                                   r"time.*jax_debug_nans"):
