@@ -55,7 +55,8 @@ def probe(spec: dict) -> dict:
 
     from benchmarks._common import CompileEvents, spiral_raw
     from nodekit._config import validate
-    from nodekit._build import initial_state, make_step
+    from nodekit._build import initial_state
+    from nodekit._step import make_step
 
     t_import = time.perf_counter() - t0
     if "eval_cache" in spec:

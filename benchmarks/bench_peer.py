@@ -200,7 +200,8 @@ ENGINE_OFF = "nodekit train loop, solve on Diffrax (engine: diffrax)"
 
 def spiral_setup(adjoint="recursive", batch_mode="joint", loss=None, engine="auto"):
     from nodekit._config import validate
-    from nodekit._build import initial_state, make_step
+    from nodekit._build import initial_state
+    from nodekit._step import make_step
 
     cfg = validate(spiral_raw(adjoint=adjoint, batch_mode=batch_mode, engine=engine))
     task, model, optim, opt_state = initial_state(cfg, jax.random.PRNGKey(0))
