@@ -9,7 +9,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from jaxtyping import Array, ArrayLike, PyTree
+from jaxtyping import Array, ArrayLike, Float, PyTree, PRNGKeyArray
 
 from ._errors import InputError, unknown_name_message
 
@@ -109,7 +109,7 @@ class MLPField(AbstractVectorField):
         activation: str = "tanh",
         time_dependent: bool = False,
         input_power: int = 1,
-        key: jax.Array,
+        key: PRNGKeyArray,
     ):
         for name, value, low in (("size", size, 1), ("width", width, 1), ("depth", depth, 0)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -134,7 +134,7 @@ class MLPField(AbstractVectorField):
     def state_size(self) -> int:
         return self.size
 
-    def __call__(self, t, y, args):
+    def __call__(self, t: ArrayLike, y: Float[Array, " size"], args: Any) -> Float[Array, " size"]:
         x = y if self.input_power == 1 else y**self.input_power
         if self.time_dependent:
             x = jnp.concatenate([x, jnp.broadcast_to(jnp.asarray(t, x.dtype), (1,))])
@@ -196,7 +196,8 @@ class SecondOrderField(AbstractVectorField):
     def state_size(self) -> int:
         return 2 * self.size
 
-    def __call__(self, t, y, args):
+    def __call__(self, t: ArrayLike, y: Float[Array, " state"], args: Any
+                 ) -> Float[Array, " state"]:
         v = y[self.size :]
         a = self.acceleration(t, y, args)
         return jnp.concatenate([v, a])
@@ -230,7 +231,7 @@ class FunctionField(AbstractVectorField):
 
     fn: Callable
 
-    def __call__(self, t, y, args):
+    def __call__(self, t: ArrayLike, y: PyTree[Array], args: Any) -> PyTree[Array]:
         return self.fn(t, y, args)
 
 

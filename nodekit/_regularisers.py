@@ -968,7 +968,8 @@ def regularised_odeint_batch(
 # ------------------------------------------------------------------------ STEER and totals
 
 
-def steer_end_time(key, t1, b, *, t0=None) -> jax.Array:
+def steer_end_time(key: PRNGKeyArray, t1: Float[ArrayLike, ""], b: float, *,
+                   t0: Float[ArrayLike, ""] | None = None) -> Float[Array, ""]:
     """STEER (Ghosh et al. 2020): a random end time, uniform on `[t1 - b, t1 + b]`.
 
     Draw one per training solve and use it in place of the last save time:
@@ -1016,7 +1017,8 @@ def steer_end_time(key, t1, b, *, t0=None) -> jax.Array:
     return t1 + jnp.asarray(b, dtype) * u
 
 
-def total_penalty(regularisers, penalties) -> jax.Array:
+def total_penalty(regularisers: Sequence[AbstractRegulariser] | AbstractRegulariser,
+                  penalties: Float[ArrayLike, " regularisers"]) -> Float[Array, ""]:
     """`sum_i weight_i * penalties[i]`: the term to add to the loss.
 
     **Arguments:**

@@ -15,7 +15,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from jaxtyping import PRNGKeyArray
+from jaxtyping import ArrayLike, Float, PRNGKeyArray
 
 from .._errors import InputError
 from .._fields import MLPField, get_activation
@@ -234,7 +234,8 @@ class LatentODE(eqx.Module):
         """The solve settings of every solve (held by `ode`)."""
         return self.ode.settings
 
-    def encode(self, times, values, mask, *, throw: bool = True):
+    def encode(self, times: Float[ArrayLike, " T"], values: Float[ArrayLike, "T D"],
+               mask: Float[ArrayLike, "T *D"], *, throw: bool = True):
         """The approximate posterior of `z` at `times[0]` for one sequence.
 
         **Arguments:** `times (T,)`, `values (T, D)`, `mask (T, D)` or `(T,)`.
@@ -249,7 +250,8 @@ class LatentODE(eqx.Module):
         mean, logvar = jnp.split(self.to_latent(h), 2)
         return mean, jnp.exp(0.5 * logvar), stats
 
-    def decode(self, z0, ts, *, t0=None, throw: bool = True):
+    def decode(self, z0: Float[ArrayLike, " latent"], ts: Float[ArrayLike, " times"], *,
+               t0: Float[ArrayLike, ""] | None = None, throw: bool = True):
         """Decoded observations `(len(ts), D)` of the latent trajectory from `z0` at `t0`
         (default `ts[0]`), and the solve's stats."""
         if t0 is None:

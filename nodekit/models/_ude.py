@@ -10,7 +10,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from jaxtyping import PRNGKeyArray
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from .._errors import InputError
 from .._fields import AbstractVectorField, MLPField
@@ -91,11 +91,13 @@ class AbstractUDE(eqx.Module):
         missing physics); `vmap` it over a batch of states."""
         return self.neural(t, jnp.asarray(y), args)
 
-    def solve(self, ts, y0, *, args=None, throw: bool = True) -> Solution:
+    def solve(self, ts: Float[ArrayLike, " times"], y0: Float[ArrayLike, " d"], *, args=None,
+              throw: bool = True) -> Solution:
         """Solve from one `y0` at `ts[0]`; a `Solution` with `ys (len(ts), d)` and stats."""
         return self.ode.solve(ts, y0, args=args, throw=throw)
 
-    def __call__(self, ts, y0, *, args=None):
+    def __call__(self, ts: Float[ArrayLike, " times"], y0: Float[ArrayLike, " d"], *,
+                 args=None) -> Float[Array, "times d"]:
         """The trajectory `(len(ts), d)` from one `y0`."""
         return self.solve(ts, y0, args=args).ys
 
