@@ -277,10 +277,14 @@ def solve(func, y0, ts, settings: SolveSettings, *, args=None, throw: bool = Tru
     if which == "diffrax" and checkpoints == "auto":
         checkpoints = auto_checkpoints(y0, settings.info, settings.max_steps,
                                        copies=vmap_size or 1)
-    # (`throw` changes the compiled solve only for backsolve's backward check)
-    ys, counts, extras = _integrate(func, y0, ts, args, settings, which, checkpoints,
-                                    integrals, dense, event,
-                                    throw or settings.adjoint != "backsolve", is_concrete(ts))
+    # An eager call goes through a compiled solve cached per field and shapes (as
+    # Diffrax's `diffeqsolve`); inside a transform (jit, grad, vmap) the solve is traced
+    # inline. (`throw` changes the compiled solve only for backsolve's backward check.)
+    eager = all(is_concrete(x) for x in jax.tree_util.tree_leaves((y0, ts, args)))
+    integrate = _integrate if eager else _integrate_inline
+    ys, counts, extras = integrate(func, y0, ts, args, settings, which, checkpoints,
+                                   integrals, dense, event,
+                                   throw or settings.adjoint != "backsolve", is_concrete(ts))
     stats = SolveStats(**counts, integrator=which, reason=why)
     if throw:
         ys = _raise_on_failure(ys, stats, dict(solver=settings.solver, rtol=settings.rtol,
@@ -290,13 +294,11 @@ def solve(func, y0, ts, settings: SolveSettings, *, args=None, throw: bool = Tru
     return ys, stats, extras
 
 
-@eqx.filter_jit
-def _integrate(func, y0, ts, args, settings: SolveSettings, which: str, checkpoints,
-               integrals, dense: bool, event, throw: bool, checked: bool):
-    """The solve itself, on the integrator chosen (compiled once per field and shapes,
-    so that repeated eager calls reuse it, as Diffrax's `diffeqsolve` does). `checked`:
-    the order of `ts` was checked on the host; otherwise it is checked here, and a bad
-    order is reported as a result code (no host callback)."""
+def _integrate_inline(func, y0, ts, args, settings: SolveSettings, which: str, checkpoints,
+                      integrals, dense: bool, event, throw: bool, checked: bool):
+    """The solve itself, on the integrator chosen. `checked`: the order of `ts` was
+    checked on the host; otherwise it is checked here, and a bad order is reported as a
+    result code (no host callback)."""
     unordered = None
     if not checked:
         unordered = ~times_in_order(ts)
@@ -319,6 +321,10 @@ def _integrate(func, y0, ts, args, settings: SolveSettings, which: str, checkpoi
     if unordered is not None:
         counts["result"] = jnp.where(unordered, jnp.int32(_UNORDERED), counts["result"])
     return ys, counts, extras
+
+
+#: `_integrate_inline` compiled once per field and shapes, for eager calls.
+_integrate = eqx.filter_jit(_integrate_inline)
 
 
 def _empty(y0, ts, which, why, dense, event):
