@@ -477,6 +477,14 @@ def _call_failure(func, name, t0, y0, args, error, caller, augment_dim, times, p
                and _works_on(func, t0, jax.ShapeDtypeStruct(np.shape(times), y0.dtype), args))
     order = (f"{caller} is called as model(ts, y0), the times first" if caller.startswith(
         "NeuralODE") else f"{caller} takes (func, y0, ts): the state before the times")
+    # times given as the state: 1-D, concrete, at least three values, monotonic
+    host = np.asarray(y0) if single and is_concrete(y0) and y0.ndim == 1 else None
+    looks_like_times = (host is not None and host.shape[0] >= 3
+                        and (np.all(np.diff(host) >= 0) or np.all(np.diff(host) <= 0)))
+    if swapped and looks_like_times:
+        return (f"{order}; the arguments look swapped: y0 holds {host.shape[0]} ordered "
+                f"values, like times, and the field fits the shape of ts, "
+                f"{tuple(np.shape(times))}.")
     if single and size is not None and not batched_wrapper and y0.ndim == 1 \
             and y0.shape[0] != size:
         aug = f" (size + augment_dim = {y0.shape[0] - augment_dim} + {augment_dim})" \

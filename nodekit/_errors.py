@@ -196,7 +196,7 @@ def unknown_name_message(kind: str, name: object, options: Sequence[str]) -> str
 #: How the fixes are spelled for each kind of caller.
 _SPELLING = {
     "python": dict(rtol="rtol={v}", atol="atol={v}", solver="solver={v!r}",
-                   max_steps="max_steps={v}", x64="a float64 state "
+                   max_steps="max_steps", x64="a float64 state "
                    "(jax.config.update('jax_enable_x64', True) and y0 in float64)",
                    dt0="dt0={v}", reg="a regulariser (nodekit.KineticEnergy)",
                    adjoint="adjoint={v!r}"),
