@@ -229,7 +229,8 @@ def spiral_step(**solver):
     import jax
 
     from nodekit._config import validate
-    from nodekit._build import initial_state, make_step
+    from nodekit._build import initial_state
+    from nodekit._step import make_step
 
     cfg = validate(spiral_raw(**solver))
     task, model, optim, opt_state = initial_state(cfg, jax.random.PRNGKey(0))

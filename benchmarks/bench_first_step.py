@@ -55,7 +55,8 @@ def probe(spec: dict) -> dict:
 
     from benchmarks._common import CompileEvents, spiral_raw
     from nodekit._config import validate
-    from nodekit._build import initial_state, make_step
+    from nodekit._build import initial_state
+    from nodekit._step import make_step
 
     t_import = time.perf_counter() - t0
     if "eval_cache" in spec:
@@ -86,12 +87,11 @@ def probe(spec: dict) -> dict:
 
 
 def probe_eval_cache(spec: dict) -> dict:
-    """PROTOTYPE: the end-of-run evaluation function's first call with JAX's persistent
-    cache on, traced as nodekit does now (Equinox checks as host callbacks: never cached)
-    or inside `no_host_callbacks()` (cacheable). Run twice on one cache folder: the
-    second run shows what a warm run would pay."""
-    import contextlib
-
+    """The end-of-run evaluation function's first call with JAX's persistent cache on,
+    in a process with Equinox's default error mode (host callbacks: never cached) or
+    with `EQX_ON_ERROR=nan` (as the CLI sets it: cacheable; `run_probe` sets the
+    variable for the child). Run twice on one cache folder: the second run shows what a
+    warm run pays."""
     import equinox as eqx
     import jax
 
@@ -105,12 +105,7 @@ def probe_eval_cache(spec: dict) -> dict:
     task = TrajectoryTask(cfg)
     model = task.make_model(jax.random.PRNGKey(0))
     ev_fn = eqx.filter_jit(task.evaluate)
-    ctx = contextlib.nullcontext()
-    if spec.get("nan_mode"):
-        from nodekit._step import no_host_callbacks
-
-        ctx = no_host_callbacks()
-    with ctx, CompileEvents() as ev:
+    with CompileEvents() as ev:
         jax.block_until_ready(ev_fn(model))
     return {"first": ev.wall, "trace": ev.trace, "lower": ev.lower, "compile": ev.compile,
             "cache_hit": ev.events.get("cache_retrieval_time_sec", 0.0)}
@@ -119,6 +114,9 @@ def probe_eval_cache(spec: dict) -> dict:
 def run_probe(spec: dict, env_extra: dict | None = None) -> dict:
     env = dict(os.environ, JAX_PLATFORMS="cpu", **(env_extra or {}))
     env.pop("NODEKIT_CACHE_DIR", None)
+    env.pop("EQX_ON_ERROR", None)
+    if spec.get("nan_mode"):
+        env["EQX_ON_ERROR"] = "nan"  # Equinox's documented switch, as the CLI sets it
     wall, proc = run_subprocess([PY, "-m", "benchmarks.bench_first_step", "--probe", json.dumps(spec)], env=env)
     for line in proc.stdout.splitlines():
         if line.startswith("PROBE "):
@@ -260,8 +258,8 @@ def bench_eval_cache():
     rows = []
     tmp = Path(tempfile.mkdtemp(prefix="nodekit-bench-eval-"))
     try:
-        for label, nan_mode in (("as now (host callbacks: not cacheable)", False),
-                                ("PROTOTYPE: traced in no_host_callbacks()", True)):
+        for label, nan_mode in (("EQX_ON_ERROR unset (library caller: host callbacks)", False),
+                                ("EQX_ON_ERROR=nan (as the CLI sets it)", True)):
             cache = tmp / ("nan" if nan_mode else "raise")
             cold = run_probe({"eval_cache": str(cache), "nan_mode": nan_mode})
             warm = run_probe({"eval_cache": str(cache), "nan_mode": nan_mode})

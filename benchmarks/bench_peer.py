@@ -112,15 +112,11 @@ class TorchTrainer:
 # ----------------------------------------------------------------- nodekit side
 
 
-class JointField(eqx.Module):
-    """PROTOTYPE of the fix for joint-mode `backsolve`: the batched field as an Equinox
-    module (a pytree holding the parameters) instead of a Python closure, so that
-    Diffrax's `BacksolveAdjoint` sees the parameters it must differentiate."""
+def JointField(field):
+    """The batched field as an Equinox module (nodekit's one joint-batch wrapper)."""
+    from nodekit._fields import JointField as _JointField
 
-    field: eqx.Module
-
-    def __call__(self, t, y, args):
-        return jax.vmap(self.field, in_axes=(None, 0, None))(t, y, args)
+    return _JointField(field)
 
 
 class NodekitTrainer:
@@ -204,7 +200,8 @@ ENGINE_OFF = "nodekit train loop, solve on Diffrax (engine: diffrax)"
 
 def spiral_setup(adjoint="recursive", batch_mode="joint", loss=None, engine="auto"):
     from nodekit._config import validate
-    from nodekit._build import initial_state, make_step
+    from nodekit._build import initial_state
+    from nodekit._step import make_step
 
     cfg = validate(spiral_raw(adjoint=adjoint, batch_mode=batch_mode, engine=engine))
     task, model, optim, opt_state = initial_state(cfg, jax.random.PRNGKey(0))
@@ -213,7 +210,8 @@ def spiral_setup(adjoint="recursive", batch_mode="joint", loss=None, engine="aut
 
 
 def joint_backsolve_loss(task, cfg):
-    """The trajectory loss with the prototype `JointField` and `adjoint="backsolve"`."""
+    """The trajectory loss with the batch as one state (`JointField`) and
+    `adjoint="backsolve"`."""
     import nodekit
 
     s = cfg.solver

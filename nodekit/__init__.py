@@ -42,6 +42,7 @@ if TYPE_CHECKING:
         SolveStats as SolveStats,
         odeint as odeint,
     )
+    from ._settings import SolveSettings as SolveSettings
     from ._regularisers import (
         AbstractRegulariser as AbstractRegulariser,
         JacobianFrobenius as JacobianFrobenius,
@@ -66,6 +67,7 @@ _LAZY = {
     **{n: ("._errors", n) for n in ("CheckpointError", "ConfigError", "InputError", "NodekitError",
                                      "SolverError", "TrainingFault")},
     **{n: ("._odeint", n) for n in ("ADJOINTS", "SOLVERS", "SolveStats", "odeint")},
+    "SolveSettings": ("._settings", "SolveSettings"),
     "RK4": ("._diffrax_solve", "RK4"),
     **{n: ("._fields", n) for n in ("ACTIVATIONS", "AbstractVectorField", "FunctionField", "MLPField",
                                      "SecondOrderField")},

@@ -38,8 +38,11 @@ class InputError(NodekitError, ValueError):
     **Example:**
 
     ```python
+    import jax.numpy as jnp
+    import nodekit
+
     try:
-        nodekit.odeint(f, y0, ts, solver="dopri")
+        nodekit.odeint(lambda t, y, args: -y, jnp.ones(2), jnp.linspace(0, 1, 3), solver="dopri")
     except nodekit.InputError as e:
         print(e)   # unknown solver 'dopri'; did you mean 'dopri5'? ...
     ```
@@ -118,10 +121,14 @@ class SolverError(TrainingFault):
     **Example:**
 
     ```python
+    import jax.numpy as jnp
+    import nodekit
+
+    stiff_field = lambda t, y, args: -1e5 * (y - jnp.cos(t))
     try:
-        nodekit.odeint(stiff_field, y0, ts, max_steps=16)
+        nodekit.odeint(stiff_field, jnp.ones(1), jnp.linspace(0, 1, 3), max_steps=16)
     except nodekit.SolverError as e:
-        print(e)   # ... hit max_steps=16 ... Try looser tolerances, a stiff solver ...
+        print(e)   # ... hit max_steps=16 ... It stopped at t=... Try looser tolerances ...
     ```
     """
 
@@ -182,6 +189,24 @@ def unknown_name_message(kind: str, name: object, options: Sequence[str]) -> str
     return f"unknown {kind} {name!r}{did_you_mean} Allowed: {', '.join(options)}."
 
 
+# ------------------------------------------------------------------ solver failures
+# (owned by the solver core: `odeint` words failures for Python callers, the training
+# loop calls the same function with `language="config"`)
+
+#: How the fixes are spelled for each kind of caller.
+_SPELLING = {
+    "python": dict(rtol="rtol={v}", atol="atol={v}", solver="solver={v!r}",
+                   max_steps="max_steps", x64="a float64 state "
+                   "(jax.config.update('jax_enable_x64', True) and y0 in float64)",
+                   dt0="dt0={v}", reg="a regulariser (nodekit.KineticEnergy)",
+                   adjoint="adjoint={v!r}"),
+    "config": dict(rtol="solver.rtol: {v}", atol="solver.atol: {v}", solver="solver.name: {v}",
+                   max_steps="solver.max_steps", x64="precision: float64",
+                   dt0="solver.dt0: {v}", reg="regularisation.kinetic (a small weight)",
+                   adjoint="solver.adjoint: {v}"),
+}
+
+
 def solver_failure_message(
     result: str,
     *,
@@ -189,37 +214,118 @@ def solver_failure_message(
     rtol: float | None = None,
     atol: float | None = None,
     max_steps: int | None = None,
+    t_reached: float | None = None,
+    t_span: tuple[float, float] | None = None,
+    language: str = "python",
+    training: bool | None = None,
 ) -> str:
-    """Turn a diffrax result name into a message that says what to try."""
+    """Turn a solver result name into a message that says where the solve stopped and
+    what to try, in the caller's language.
+
+    **Arguments:**
+
+    - `result`: the result name (`nodekit._odeint.result_name(code)`).
+    - `solver`, `rtol`, `atol`, `max_steps`: the settings of the failed solve.
+    - `t_reached`, `t_span`: the time the solve reached and its `(t0, t1)` (when known,
+      the message says where it stopped).
+    - `language`: `"python"` (fixes spelled as Python arguments, `rtol=1e-4`) or
+      `"config"` (config keys, `solver.rtol: 1e-4`; the training loop's wording).
+    - `training`: whether the solve is part of training (the non-finite advice is then
+      about the learning rate, not a finite-time blow-up); default: `language ==
+      "config"`.
+
+    **Returns:** the message (one paragraph).
+
+    **Example:**
+
+    ```python
+    from nodekit._errors import solver_failure_message
+
+    print(solver_failure_message("max_steps_reached", solver="tsit5", rtol=1e-6, atol=1e-8,
+                                 max_steps=16, t_reached=0.25, t_span=(0.0, 1.0),
+                                 language="config"))
+    ```
+    """
+    sp = _SPELLING["config" if language == "config" else "python"]
+    if training is None:
+        training = language == "config"
     where = f"solver {solver!r}" if solver else "the solver"
-    tol = f" (rtol={rtol:g}, atol={atol:g})" if rtol is not None and atol is not None else ""
+    tol = ""
+    if rtol is not None and atol is not None:
+        tol = (f" (solver.rtol: {rtol:g}, solver.atol: {atol:g})" if language == "config"
+               else f" (rtol={rtol:g}, atol={atol:g})")
+    blowup = "" if training else (
+        " If the state grows without bound there, the solution may blow up in finite time "
+        "(dy/dt = y**2 from y0 = 1 explodes at t = 1): end the solve earlier; if the field "
+        "returns NaN or inf just beyond that time, jax.config.update('jax_debug_nans', True) "
+        "finds where.")
+    at = ""
+    if t_reached is not None:
+        at = f" It stopped at t={t_reached:.6g}"
+        at += f" of [{t_span[0]:g}, {t_span[1]:g}]." if t_span is not None else "."
+    x64 = sp["x64"]
     if result == "max_steps_reached":
+        steps = (f"max_steps={max_steps}" if language != "config" else
+                 f"solver.max_steps={max_steps}") if max_steps is not None else "max_steps"
         return (
-            f"the ODE solve hit max_steps={max_steps} before reaching the end time with "
-            f"{where}{tol}. The dynamics are probably stiff or fast. Try looser tolerances "
-            "(e.g. rtol=1e-4, atol=1e-6), a stiff solver (solver='kvaerno5', best in float64: "
-            "precision: float64 or JAX_ENABLE_X64=1), "
-            "a regulariser that keeps the dynamics simple (regularisation: kinetic), "
-            "or a larger max_steps."
+            f"the ODE solve hit {steps} before reaching the end time with {where}{tol}.{at} "
+            "The dynamics are probably stiff or fast. Try looser tolerances "
+            f"({sp['rtol'].format(v='1e-4')}, {sp['atol'].format(v='1e-6')}), a stiff solver "
+            f"({sp['solver'].format(v='kvaerno5')}, best with {x64}), "
+            + (f"{sp['reg']} to keep the dynamics simple, " if training else "")
+            + f"or a larger {sp['max_steps'].format(v='...')}." + blowup
         )
     if result == "dt_min_reached":
         return (
-            f"the step size of {where}{tol} collapsed. The dynamics are probably stiff: "
-            "try solver='kvaerno5', float64 (JAX_ENABLE_X64=1) or looser tolerances."
+            f"the step size of {where}{tol} collapsed.{at} The dynamics are probably stiff: "
+            f"try {sp['solver'].format(v='kvaerno5')}, {x64} or looser tolerances." + blowup
         )
-    if result == "nonfinite":
+    if result in ("nonfinite", "nonfinite_input"):
+        if training:
+            return (
+                f"the ODE state became non-finite (NaN or inf) during the solve with {where}.{at} "
+                "Try a smaller learning rate (optimizer.learning_rate), gradient clipping "
+                "(optimizer.clip_norm), tighter tolerances or a stiff solver."
+                if language == "config" else
+                f"the ODE state became non-finite (NaN or inf) during the solve with {where}.{at} "
+                "Try a smaller learning rate, gradient clipping (optax.clip_by_global_norm), "
+                "tighter tolerances or a stiff solver."
+            )
         return (
-            f"the ODE state became non-finite (NaN or inf) during the solve with {where}. "
-            "Try a smaller learning rate, gradient clipping (optimizer.clip_norm), "
-            "tighter tolerances or a stiff solver."
+            f"the ODE state became non-finite (NaN or inf) during the solve with {where}.{at} "
+            "Either the solution blows up in finite time before the end of ts (e.g. dy/dt = "
+            "y**2 from y0 = 1 explodes at t = 1: end the solve earlier), or the vector field "
+            "returned NaN/inf (check it at the initial state; "
+            "jax.config.update('jax_debug_nans', True) stops at the first NaN it makes)."
         )
     if result.startswith("nonlinear") or result in ("singular", "breakdown", "stagnation"):
         return (
-            f"the implicit solver's root find failed ({result}) with {where}{tol}. "
-            "Try a smaller dt0, looser tolerances or an explicit solver if the problem "
-            "is not stiff."
+            f"the implicit solver's root find failed ({result}) with {where}{tol}.{at} "
+            f"Try a smaller step ({sp['dt0'].format(v='...')} if fixed), looser tolerances or "
+            "an explicit solver if the problem is not stiff."
         )
-    return f"the ODE solve failed with {where}{tol}: {result}."
+    if result == "unordered_times":
+        return (
+            "ts must be monotonic: non-decreasing for a forward solve or non-increasing for a "
+            "backward one (repeated times are allowed); the ts given at run time go both ways."
+        )
+    return f"the ODE solve failed with {where}{tol}: {result}.{at}"
+
+
+def backward_failure_message(result: str, *, solver: str | None = None,
+                             max_steps: int | None = None, language: str = "python") -> str:
+    """The message for a failed backward solve of `adjoint="backsolve"` (the gradient
+    would be wrong, so it is refused: an error, or NaN gradients with `throw=False`)."""
+    sp = _SPELLING["config" if language == "config" else "python"]
+    what = {"max_steps_reached": f"hit max_steps={max_steps}",
+            "nonfinite": "became non-finite",
+            "dt_min_reached": "had its step size collapse"}.get(result, f"failed ({result})")
+    return (
+        f"the backward (adjoint) solve of {sp['adjoint'].format(v='backsolve')} {what} with "
+        f"solver {solver!r}, so the gradient would be wrong. Try "
+        f"{sp['adjoint'].format(v='recursive')} (backpropagation through the forward solve), "
+        f"looser tolerances or a larger {sp['max_steps'].format(v='...')}."
+    )
 
 
 #: Solver result codes by position, as Diffrax numbers them (`diffrax.RESULTS`), so a code
@@ -229,4 +335,6 @@ RESULT_NAMES = (
     "successful", "max_steps_reached", "singular", "breakdown", "stagnation", "conlim",
     "nonfinite_input", "nonlinear_max_steps_reached", "nonlinear_divergence", "nonfinite",
     "dt_min_reached", "event_occurred", "max_steps_rejected", "internal_error",
+    # nodekit's own codes, after Diffrax's:
+    "unordered_times",
 )

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import abc
-from typing import Callable
+from typing import Any, Callable, ClassVar
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+
+from jaxtyping import Array, ArrayLike, Float, PyTree, PRNGKeyArray
 
 from ._errors import InputError, unknown_name_message
 
@@ -42,16 +44,29 @@ class AbstractVectorField(eqx.Module):
     **Example:**
 
     ```python
+    import jax
+    import jax.numpy as jnp
+    import nodekit
+
     class Linear(nodekit.AbstractVectorField):
         A: jax.Array
+
         def __call__(self, t, y, args):
             return self.A @ y
+
+    ys = nodekit.odeint(Linear(-jnp.eye(2)), jnp.ones(2), jnp.linspace(0.0, 1.0, 3))
     ```
     """
 
     @abc.abstractmethod
-    def __call__(self, t, y, args):
+    def __call__(self, t: ArrayLike, y: PyTree[Array], args: PyTree[Any]) -> PyTree[Array]:
         raise NotImplementedError
+
+    @property
+    def state_size(self) -> int | None:
+        """The size of the 1-D state the field is built for (`None`: any), used to word
+        a mismatch (`MLPField` built for 3, called on a state of 2)."""
+        return None
 
 
 class MLPField(AbstractVectorField):
@@ -70,6 +85,10 @@ class MLPField(AbstractVectorField):
     **Example:**
 
     ```python
+    import jax
+    import jax.numpy as jnp
+    import nodekit
+
     field = nodekit.MLPField(2, width=50, depth=1, key=jax.random.PRNGKey(0))
     dy = field(0.0, jnp.ones(2), None)   # shape (2,)
     ```
@@ -90,7 +109,7 @@ class MLPField(AbstractVectorField):
         activation: str = "tanh",
         time_dependent: bool = False,
         input_power: int = 1,
-        key: jax.Array,
+        key: PRNGKeyArray,
     ):
         for name, value, low in (("size", size, 1), ("width", width, 1), ("depth", depth, 0)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -111,7 +130,11 @@ class MLPField(AbstractVectorField):
         self.time_dependent = time_dependent
         self.input_power = input_power
 
-    def __call__(self, t, y, args):
+    @property
+    def state_size(self) -> int:
+        return self.size
+
+    def __call__(self, t: ArrayLike, y: Float[Array, " size"], args: Any) -> Float[Array, " size"]:
         x = y if self.input_power == 1 else y**self.input_power
         if self.time_dependent:
             x = jnp.concatenate([x, jnp.broadcast_to(jnp.asarray(t, x.dtype), (1,))])
@@ -131,8 +154,12 @@ class SecondOrderField(AbstractVectorField):
     **Example:**
 
     ```python
-    accel = nodekit.MLPField(4, width=32, key=key)      # sees [x, v], returns 4 values
-    field = nodekit.SecondOrderField.from_mlp(2, width=32, key=key)
+    import jax
+    import jax.numpy as jnp
+    import nodekit
+
+    field = nodekit.SecondOrderField.from_mlp(2, width=32, key=jax.random.PRNGKey(0))
+    dy = field(0.0, jnp.ones(4), None)   # [v, a(x, v)], shape (4,)
     ```
     """
 
@@ -165,7 +192,12 @@ class SecondOrderField(AbstractVectorField):
         )
         return cls(_MLPAcceleration(mlp, time_dependent), size)
 
-    def __call__(self, t, y, args):
+    @property
+    def state_size(self) -> int:
+        return 2 * self.size
+
+    def __call__(self, t: ArrayLike, y: Float[Array, " state"], args: Any
+                 ) -> Float[Array, " state"]:
         v = y[self.size :]
         a = self.acceleration(t, y, args)
         return jnp.concatenate([v, a])
@@ -188,11 +220,53 @@ class FunctionField(AbstractVectorField):
     **Example:**
 
     ```python
+    import jax
+    import jax.numpy as jnp
+    import nodekit
+
     decay = nodekit.FunctionField(lambda t, y, args: -y)
+    ys = nodekit.odeint(decay, jnp.ones(2), jnp.linspace(0.0, 1.0, 3))
     ```
     """
 
     fn: Callable
 
-    def __call__(self, t, y, args):
+    def __call__(self, t: ArrayLike, y: PyTree[Array], args: Any) -> PyTree[Array]:
         return self.fn(t, y, args)
+
+
+# ------------------------------------------------------------------ joint batches
+
+
+def vmap_samples(fn: Callable, t, ys, args, per_sample=None):
+    """`fn(t, y, args)` (or `fn(t, y, args, p)`) for every sample `y` of the joint state
+    `ys` (samples along the first axis), with `per_sample` (e.g. noise drawn per sample)
+    split along its first axis too. The one place a field is vmapped over a batch."""
+    if per_sample is None:
+        return jax.vmap(fn, in_axes=(None, 0, None))(t, ys, args)
+    return jax.vmap(lambda y, p: fn(t, y, args, p))(ys, per_sample)
+
+
+class JointField(AbstractVectorField):
+    """A field on one sample applied to a batch solved as one state (`batch_mode:
+    joint`): `JointField(f)(t, ys, args)` is `f(t, y, args)` for every row `y` of `ys`.
+    A module (not a closure), so the field's parameters stay visible to
+    `adjoint="backsolve"`.
+
+    **Example:**
+
+    ```python
+    import jax.numpy as jnp
+    import nodekit
+    from nodekit._fields import JointField
+
+    joint = JointField(nodekit.FunctionField(lambda t, y, args: -y))
+    joint(0.0, jnp.ones((4, 2)), None).shape   # (4, 2)
+    ```
+    """
+
+    field: Any
+    _vmaps_field: ClassVar[bool] = True
+
+    def __call__(self, t, ys, args):
+        return vmap_samples(self.field, t, ys, args)

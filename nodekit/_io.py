@@ -99,20 +99,21 @@ class CacheMismatch(ValueError):
     payload, a torn or foreign file); the message says which."""
 
 
-def pack_cache_entry(key: str, payload: bytes) -> bytes:
+def pack_cache_entry(key: str, payload: bytes, meta: dict | None = None) -> bytes:
     """A cache entry: magic, header length, a JSON header holding the full `key` the
-    entry was stored under and the SHA-256 of `payload`, then `payload`."""
+    entry was stored under, the SHA-256 of `payload` and `meta` (JSON-able facts about
+    the payload, e.g. a step's integrators), then `payload`."""
     import hashlib
     import json
 
     header = json.dumps({"key": key, "sha256": hashlib.sha256(payload).hexdigest(),
-                         "bytes": len(payload)}).encode()
+                         "bytes": len(payload), "meta": meta or {}}).encode()
     return CACHE_MAGIC + len(header).to_bytes(8, "little") + header + payload
 
 
-def unpack_cache_entry(blob: bytes, key: str) -> bytes:
+def unpack_cache_entry(blob: bytes, key: str, *, with_meta: bool = False):
     """The payload of an entry made by `pack_cache_entry`, once its stored key equals
-    `key` and its content hash matches.
+    `key` and its content hash matches (with `with_meta`: `(payload, meta)`).
 
     **Raises:** `CacheMismatch` saying what does not match.
     """
@@ -125,28 +126,34 @@ def unpack_cache_entry(blob: bytes, key: str) -> bytes:
     try:
         header = json.loads(blob[16:16 + n].decode())
         stored_key, digest = header["key"], header["sha256"]
-    except (UnicodeDecodeError, ValueError, KeyError, TypeError):
+        meta = header.get("meta") or {}
+        if not isinstance(meta, dict):
+            raise TypeError("meta")
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError):
         raise CacheMismatch("unreadable header") from None
     payload = blob[16 + n:]
     if stored_key != key:
         raise CacheMismatch("stored under another key (a swapped or copied entry)")
     if hashlib.sha256(payload).hexdigest() != digest:
         raise CacheMismatch("its content does not match its hash (changed or torn)")
-    return payload
+    return (payload, meta) if with_meta else payload
 
 
-def read_cache_entry(path: str | Path, key: str) -> tuple[bytes | None, str | None]:
+def read_cache_entry(path: str | Path, key: str, *, with_meta: bool = False) -> tuple:
     """`(payload, None)` for a valid entry at `path`; `(None, None)` when there is none;
-    `(None, note)` when the entry is unusable (`note` says why: it is then rebuilt)."""
+    `(None, note)` when the entry is unusable (`note` says why: it is then rebuilt).
+    With `with_meta`, a third element: the entry's `meta` (`{}` without an entry)."""
     p = Path(path)
-    if not p.exists():
-        return None, None
-    try:
-        blob = read_bytes_bounded(p, kind="cache", what=f"cache entry {str(p)!r}",
-                                  error=CacheMismatch)
-        return unpack_cache_entry(blob, key), None
-    except CacheMismatch as e:
-        return None, f"cache entry {p.name} ignored and rebuilt: {e}"
+    out: tuple = (None, None)
+    if p.exists():
+        try:
+            blob = read_bytes_bounded(p, kind="cache", what=f"cache entry {str(p)!r}",
+                                      error=CacheMismatch)
+            payload, meta = unpack_cache_entry(blob, key, with_meta=True)
+            return (payload, None, meta) if with_meta else (payload, None)
+        except CacheMismatch as e:
+            out = (None, f"cache entry {p.name} ignored and rebuilt: {e}")
+    return (*out, {}) if with_meta else out
 
 
 # ----------------------------------------------------------------- notes for the run's log

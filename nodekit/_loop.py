@@ -412,7 +412,9 @@ class _Run:
         self.seed = np.uint32(cfg.seed)
         shapes = state_shapes(self.task, self.optim, self.seed, split=True)
         check_memory(cfg, shapes, self.mesh.devices.flat[0])
-        self.integrator = tuple(self.task.integrator())
+        # which integrator the training step's solves use: known once it is traced
+        # (or loaded from the step cache, which stores it), see compile()
+        self.integrator = ("unknown", "the training step was not built")
         if self.init_from is not None:
             self._read_init_from(shapes)
 
@@ -612,6 +614,7 @@ class _Run:
             step_body(self.task.loss, self.optim), self.model0, self.opt_state0, example_batch,
             (self.train_key, np.int32(self.start)), cache_dir=cache_dir,
             key_material=self._step_key(), fold_step=True, log=self.console.say)
+        self.integrator = self.compiled.integrator
         self.compile_s = time.perf_counter() - self.t_step_start
         self.console.say(f"training step ready ({self.compile_s:.1f}s)")
         self.eval_fn = eqx.filter_jit(self.task.evaluate)

@@ -92,6 +92,15 @@ class StepQuadrature(diffrax.AbstractSolver):
     **Example:**
 
     ```python
+    import diffrax
+    import jax
+    import jax.numpy as jnp
+    import nodekit
+
+    field = nodekit.MLPField(2, width=8, depth=1, key=jax.random.PRNGKey(0))
+    y0, ts, key = jnp.array([1.0, 0.5]), jnp.linspace(0.0, 1.0, 3), jax.random.PRNGKey(1)
+    from nodekit._quadrature import StepQuadrature, state_norm
+
     aug = nodekit.augmented_field(field, (nodekit.KineticEnergy(1.0),))
     sol = diffrax.diffeqsolve(
         diffrax.ODETerm(aug), StepQuadrature(diffrax.Tsit5()), 0.0, 1.0, None,

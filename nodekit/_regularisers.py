@@ -35,11 +35,10 @@ one batched call, so the primal `f` is never evaluated twice.
 from __future__ import annotations
 
 import abc
-import functools
 import math
 import numbers
 from collections.abc import Sequence
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import equinox as eqx
 import jax
@@ -47,9 +46,13 @@ import jax.extend.core as jex
 import jax.numpy as jnp
 import numpy as np
 from jax.experimental.jet import jet
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
+from ._checks import check_choice, check_flat_state, is_concrete, unexpected_keywords
 from ._errors import InputError, unknown_name_message
-from ._odeint import odeint, odeint_step_quadrature
+from ._fields import JointField, vmap_samples
+from ._odeint import solve
+from ._settings import BATCH_MODES as BATCH_MODES, DEFAULT, SolveSettings
 
 
 #: Noise distributions for stochastic (Hutchinson) estimators.
@@ -60,15 +63,12 @@ ESTIMATORS = ("exact", "hutchinson")
 JACOBIAN_MODES = ("auto", "jacfwd", "jacrev")
 #: How Taylor-mode derivatives are computed.
 TAYLOR_METHODS = ("jet", "jvp")
-#: Batch modes of `regularised_odeint_batch` (as `nodekit.BATCH_MODES`).
-BATCH_MODES = ("vmap", "joint")
 #: How the running integrals are computed: `"trapezoid"` (once per solver step, on the
 #: step grid) or `"augmented"` (inside the ODE state, at every solver stage).
 QUADRATURES = ("trapezoid", "augmented")
 
 
-def _is_concrete(x) -> bool:
-    return not isinstance(x, jax.core.Tracer)
+_is_concrete = is_concrete
 
 
 def _check_weight(owner: str, weight) -> None:
@@ -84,8 +84,7 @@ def _check_weight(owner: str, weight) -> None:
 
 
 def _check_name(kind: str, value, options: Sequence[str]) -> None:
-    if not isinstance(value, str) or value not in options:
-        raise InputError(unknown_name_message(kind, value, options))
+    check_choice(kind, value, options)
 
 
 # ------------------------------------------------------------------------ interface
@@ -104,6 +103,11 @@ class AbstractRegulariser(eqx.Module):
     **Example:**
 
     ```python
+    import equinox as eqx
+    import jax
+    import jax.numpy as jnp
+    import nodekit
+
     class Speed(nodekit.AbstractRegulariser):   # integral of ||f||_1
         weight: float = eqx.field(static=True)
 
@@ -113,6 +117,9 @@ class AbstractRegulariser(eqx.Module):
 
         def integrand(self, func, t, y, args, eps):
             return jnp.sum(jnp.abs(func(t, y, args)))
+
+    ys, penalties, stats = nodekit.regularised_odeint(
+        lambda t, y, args: -y, jnp.ones(2), jnp.linspace(0.0, 1.0, 3), (Speed(0.1),))
     ```
     """
 
@@ -140,7 +147,8 @@ class AbstractRegulariser(eqx.Module):
         return False
 
     @abc.abstractmethod
-    def integrand(self, func: Callable, t, y, args, eps) -> jax.Array:
+    def integrand(self, func: Callable, t: ArrayLike, y: Float[Array, " d"], args: Any,
+                  eps: Float[Array, " d"] | None) -> Float[Array, ""]:
         """The scalar integrand at one unbatched state.
 
         **Arguments:**
@@ -240,6 +248,12 @@ class KineticEnergy(_SharedWork):
     **Example:**
 
     ```python
+    import jax
+    import jax.numpy as jnp
+    import nodekit
+
+    field = nodekit.MLPField(2, width=8, depth=1, key=jax.random.PRNGKey(0))
+    y0, ts, key = jnp.array([1.0, 0.5]), jnp.linspace(0.0, 1.0, 3), jax.random.PRNGKey(1)
     reg = nodekit.KineticEnergy(0.01)
     ys, penalties, stats = nodekit.regularised_odeint(field, y0, ts, [reg])
     ```
@@ -315,6 +329,12 @@ class JacobianFrobenius(_SharedWork):
     **Example:**
 
     ```python
+    import jax
+    import jax.numpy as jnp
+    import nodekit
+
+    field = nodekit.MLPField(2, width=8, depth=1, key=jax.random.PRNGKey(0))
+    y0, ts, key = jnp.array([1.0, 0.5]), jnp.linspace(0.0, 1.0, 3), jax.random.PRNGKey(1)
     reg = nodekit.JacobianFrobenius(0.01, estimator="hutchinson", noise="rademacher")
     ys, penalties, stats = nodekit.regularised_odeint(field, y0, ts, [reg], key=key)
     ```
@@ -499,6 +519,12 @@ class TaylorRK(_SharedWork):
     **Example:**
 
     ```python
+    import jax
+    import jax.numpy as jnp
+    import nodekit
+
+    field = nodekit.MLPField(2, width=8, depth=1, key=jax.random.PRNGKey(0))
+    y0, ts, key = jnp.array([1.0, 0.5]), jnp.linspace(0.0, 1.0, 3), jax.random.PRNGKey(1)
     reg = nodekit.TaylorRK(0.01, order=3)
     ys, penalties, stats = nodekit.regularised_odeint(field, y0, ts, [reg])
     ```
@@ -614,22 +640,13 @@ class _JointAugmentedField(eqx.Module):
     def __call__(self, t, state, args):
         ys, r = state
         if r is None:
-            return jax.vmap(self.func, in_axes=(None, 0, None))(t, ys, args), None
+            return vmap_samples(self.func, t, ys, args), None
 
-        def one(y, noises):
+        def one(t, y, args, noises):
             return _evaluate(self.regularisers, self.func, t, y, args, noises)
 
-        f, values = jax.vmap(one)(ys, self.noises)
+        f, values = vmap_samples(one, t, ys, args, self.noises)
         return f, jnp.sum(values, axis=0)
-
-
-class _JointField(eqx.Module):
-    """The batch `(B, d)` as one state, without regularisers."""
-
-    func: Any
-
-    def __call__(self, t, ys, args):
-        return jax.vmap(self.func, in_axes=(None, 0, None))(t, ys, args)
 
 
 def augmented_field(func: Callable, regularisers, noises=None) -> Callable:
@@ -654,8 +671,14 @@ def augmented_field(func: Callable, regularisers, noises=None) -> Callable:
     **Example:**
 
     ```python
+    import jax
+    import jax.numpy as jnp
+    import nodekit
+
+    field = nodekit.MLPField(2, width=8, depth=1, key=jax.random.PRNGKey(0))
+    y0, ts, key = jnp.array([1.0, 0.5]), jnp.linspace(0.0, 1.0, 3), jax.random.PRNGKey(1)
     aug = nodekit.augmented_field(field, (nodekit.KineticEnergy(1.0),))
-    dy, dr = aug(0.0, (y, jnp.zeros(1)), None)
+    dy, dr = aug(0.0, (y0, jnp.zeros(1)), None)
     ```
     """
     regularisers = _as_regularisers(regularisers)
@@ -683,6 +706,10 @@ def sample_noise(regularisers, key, y_shape, dtype=jnp.float32) -> tuple:
     **Example:**
 
     ```python
+    import jax
+    import jax.numpy as jnp
+    import nodekit
+
     regs = (nodekit.JacobianFrobenius(0.01, estimator="hutchinson"),)
     (eps,) = nodekit.sample_noise(regs, jax.random.PRNGKey(0), (2,), jnp.float32)
     ```
@@ -713,33 +740,45 @@ def sample_noise(regularisers, key, y_shape, dtype=jnp.float32) -> tuple:
 # ------------------------------------------------------------------------ solves
 
 
-def _check_kwargs(odeint_kwargs: dict) -> None:
+_SOLVE_KEYWORDS = ("settings", "solver", "rtol", "atol", "dt0", "adjoint", "max_steps",
+                   "checkpoints", "engine", "args", "throw", "check")
+
+
+class _Call(NamedTuple):
+    settings: SolveSettings
+    args: Any
+    throw: bool
+    check: bool
+
+
+def _solve_arguments(caller: str, odeint_kwargs: dict) -> _Call:
+    """The solve's settings and options from `odeint`-style keyword arguments."""
     if "return_stats" in odeint_kwargs:
         raise InputError(
-            "regularised_odeint always returns (ys, penalties, stats); do not pass "
-            "return_stats."
+            f"{caller} always returns (ys, penalties, stats); do not pass return_stats."
         )
+    unknown = {k: v for k, v in odeint_kwargs.items() if k not in _SOLVE_KEYWORDS}
+    if unknown:
+        raise unexpected_keywords(caller, unknown, ("key", "batch_mode", "quadrature")
+                                  + _SOLVE_KEYWORDS)
+    kw = dict(odeint_kwargs)
+    settings = SolveSettings.resolve(kw.pop("settings", None),
+                                     **{k: kw.pop(k, DEFAULT) for k in _SOLVE_KEYWORDS[1:9]})
+    return _Call(settings, kw.get("args"), kw.get("throw", True), kw.get("check", True))
 
 
-def _check_state(name: str, y, ndim: int, what: str):
-    y = jnp.asarray(y)
-    if y.ndim != ndim or not jnp.issubdtype(y.dtype, jnp.floating):
-        raise InputError(f"{name} must be {what}; got shape {tuple(y.shape)}, dtype {y.dtype}.")
-    return y
-
-
-def _direction(ts):
+def _direction(ts, dtype):
     ts = jnp.asarray(ts)
-    return jnp.where(ts[-1] >= ts[0], 1, -1).astype(ts.dtype)
+    return jnp.where(ts[-1] >= ts[0], 1, -1).astype(dtype)
 
 
 def regularised_odeint(
     func: Callable,
-    y0,
-    ts,
-    regularisers,
+    y0: Float[ArrayLike, " d"],
+    ts: Float[ArrayLike, " times"],
+    regularisers: Sequence[AbstractRegulariser] | AbstractRegulariser,
     *,
-    key=None,
+    key: PRNGKeyArray | None = None,
     batch_mode: str | None = None,
     quadrature: str = "trapezoid",
     **odeint_kwargs,
@@ -771,8 +810,9 @@ def regularised_odeint(
       state, evaluated at every solver stage and error-controlled (the solver's order;
       several times the cost for Jacobian and Taylor penalties, and the steps can
       differ from the unregularised solve's). See `nodekit._quadrature`.
-    - `**odeint_kwargs`: `solver`, `rtol`, `atol`, `dt0`, `adjoint`, `max_steps`, `args`,
-      `throw`, `check`, as in `nodekit.odeint`.
+    - `**odeint_kwargs`: `settings` (a `nodekit.SolveSettings`) and `solver`, `rtol`,
+      `atol`, `dt0`, `adjoint`, `max_steps`, `checkpoints`, `engine`, `args`, `throw`,
+      `check`, as in `nodekit.odeint`.
 
     **Returns:**
 
@@ -787,9 +827,15 @@ def regularised_odeint(
     **Example:**
 
     ```python
+    import jax
+    import jax.numpy as jnp
+    import nodekit
+
+    field = nodekit.MLPField(2, width=8, depth=1, key=jax.random.PRNGKey(0))
+    y0, ts, key = jnp.array([1.0, 0.5]), jnp.linspace(0.0, 1.0, 3), jax.random.PRNGKey(1)
     regs = (nodekit.KineticEnergy(0.01), nodekit.JacobianFrobenius(0.01, "hutchinson"))
     ys, pen, stats = nodekit.regularised_odeint(field, y0, ts, regs, key=key)
-    loss = jnp.mean((ys - target) ** 2) + nodekit.total_penalty(regs, pen)
+    loss = jnp.mean((ys - 0.5) ** 2) + nodekit.total_penalty(regs, pen)
     ```
     """
     if batch_mode is not None:
@@ -798,12 +844,13 @@ def regularised_odeint(
             **odeint_kwargs
         )
     regularisers = _as_regularisers(regularisers)
-    _check_kwargs(odeint_kwargs)
-    solve = _solve_for(quadrature, regularisers)
-    y0 = _check_state("y0", y0, 1, "one state, a 1-D array of floats (for a batch use "
-                      "regularised_odeint_batch or batch_mode=...)")
+    call = _solve_arguments("regularised_odeint", odeint_kwargs)
+    integrals = integration_of(quadrature, regularisers)
+    y0 = check_flat_state("regularised_odeint", "y0", y0, 1,
+                          "one state, a 1-D array of floats (for a batch use "
+                          "regularised_odeint_batch or batch_mode=...)")
     noises = sample_noise(regularisers, key, y0.shape, y0.dtype)
-    return _solve_one(func, y0, ts, regularisers, noises, solve, odeint_kwargs)
+    return _solve_one(func, y0, ts, regularisers, noises, integrals, call, None)
 
 
 def integration_of(quadrature: str, regularisers) -> str | None:
@@ -821,43 +868,37 @@ def integration_of(quadrature: str, regularisers) -> str | None:
     return "trapezoid"
 
 
-def _solve_for(quadrature: str, regularisers) -> Callable:
-    """The solve that integrates an augmented state with `quadrature`."""
-    integrals = integration_of(quadrature, regularisers)
-    if integrals is None:
-        return odeint
-    return functools.partial(odeint_step_quadrature, integrals=integrals)
-
-
-def _explicit(func, ts, y, odeint_kwargs):
+def _explicit(func, ts, y, call: _Call):
     """`func` with the arrays it closes over made explicit leaves, for `backsolve` (the
     continuous adjoint differentiates only explicit inputs; `odeint` does this for a bare
     field, but here the field sits inside the augmented module)."""
-    if odeint_kwargs.get("adjoint") != "backsolve" or isinstance(func, eqx.Module):
+    if call.settings.adjoint != "backsolve" or isinstance(func, eqx.Module):
         return func
     t0 = jnp.asarray(ts)[0]
-    if not jnp.issubdtype(t0.dtype, jnp.floating):
+    if not jnp.issubdtype(t0.dtype, jnp.floating) or t0.dtype != y.dtype:
         t0 = t0.astype(y.dtype)
-    return eqx.filter_closure_convert(func, t0, y, odeint_kwargs.get("args"))
+    return eqx.filter_closure_convert(func, t0, y, call.args)
 
 
-def _solve_one(func, y0, ts, regularisers, noises, solve, odeint_kwargs):
+def _solve_one(func, y0, ts, regularisers, noises, integrals, call: _Call, vmap_size):
+    kw = dict(args=call.args, throw=call.throw, check=call.check, vmap_size=vmap_size,
+              caller="regularised_odeint")
     if not regularisers:
-        ys, stats = odeint(func, y0, ts, return_stats=True, **odeint_kwargs)
+        ys, stats, _ = solve(func, y0, ts, call.settings, **kw)
         return ys, jnp.zeros((0,), y0.dtype), stats
-    aug = _AugmentedField(_explicit(func, ts, y0, odeint_kwargs), regularisers, noises)
+    aug = _AugmentedField(_explicit(func, ts, y0, call), regularisers, noises)
     r0 = jnp.zeros((len(regularisers),), y0.dtype)
-    (ys, rs), stats = solve(aug, (y0, r0), ts, return_stats=True, **odeint_kwargs)
-    return ys, rs[-1] * _direction(ts).astype(rs.dtype), stats
+    (ys, rs), stats, _ = solve(aug, (y0, r0), ts, call.settings, integrals=integrals, **kw)
+    return ys, rs[-1] * _direction(ts, rs.dtype), stats
 
 
 def regularised_odeint_batch(
     func: Callable,
-    y0s,
-    ts,
-    regularisers,
+    y0s: Float[ArrayLike, "batch d"],
+    ts: Float[ArrayLike, " times"],
+    regularisers: Sequence[AbstractRegulariser] | AbstractRegulariser,
     *,
-    key=None,
+    key: PRNGKeyArray | None = None,
     mode: str = "vmap",
     quadrature: str = "trapezoid",
     **odeint_kwargs,
@@ -887,36 +928,48 @@ def regularised_odeint_batch(
     **Example:**
 
     ```python
+    import jax
+    import jax.numpy as jnp
+    import nodekit
+
+    field = nodekit.MLPField(2, width=8, depth=1, key=jax.random.PRNGKey(0))
+    y0, ts, key = jnp.array([1.0, 0.5]), jnp.linspace(0.0, 1.0, 3), jax.random.PRNGKey(1)
+    regs = (nodekit.KineticEnergy(0.01),)
+    y0s = jnp.ones((4, 2))
     ys, pen, stats = nodekit.regularised_odeint_batch(
         field, y0s, ts, regs, key=key, mode="joint", solver="tsit5")
     ```
     """
-    if mode not in BATCH_MODES:
-        raise InputError(unknown_name_message("batch mode", mode, BATCH_MODES))
+    check_choice("batch mode", mode, BATCH_MODES)
     regularisers = _as_regularisers(regularisers)
-    _check_kwargs(odeint_kwargs)
-    solve = _solve_for(quadrature, regularisers)
-    y0s = _check_state("y0s", y0s, 2, "a batch of states, a float array of shape (B, d)")
+    call = _solve_arguments("regularised_odeint_batch", odeint_kwargs)
+    integrals = integration_of(quadrature, regularisers)
+    y0s = check_flat_state("regularised_odeint_batch", "y0s", y0s, 2,
+                           "a batch of states, a float array of shape (B, d)")
     noises = sample_noise(regularisers, key, y0s.shape, y0s.dtype)
     if mode == "vmap":
         ys, penalties, stats = jax.vmap(
-            lambda y0, eps: _solve_one(func, y0, ts, regularisers, eps, solve, odeint_kwargs)
+            lambda y0, eps: _solve_one(func, y0, ts, regularisers, eps, integrals, call,
+                                       y0s.shape[0])
         )(y0s, noises)
         return ys, jnp.mean(penalties, axis=0), stats
+    kw = dict(args=call.args, throw=call.throw, check=call.check,
+              caller="regularised_odeint_batch")
     if not regularisers:
-        ys, stats = odeint(_JointField(func), y0s, ts, return_stats=True, **odeint_kwargs)
+        ys, stats, _ = solve(JointField(func), y0s, ts, call.settings, **kw)
         return jnp.moveaxis(ys, 0, 1), jnp.zeros((0,), y0s.dtype), stats
-    aug = _JointAugmentedField(_explicit(func, ts, y0s[0], odeint_kwargs), regularisers, noises)
+    aug = _JointAugmentedField(_explicit(func, ts, y0s[0], call), regularisers, noises)
     r0 = jnp.zeros((len(regularisers),), y0s.dtype)
-    (ys, rs), stats = solve(aug, (y0s, r0), ts, return_stats=True, **odeint_kwargs)
-    penalties = rs[-1] * _direction(ts).astype(rs.dtype) / y0s.shape[0]
+    (ys, rs), stats, _ = solve(aug, (y0s, r0), ts, call.settings, integrals=integrals, **kw)
+    penalties = rs[-1] * _direction(ts, rs.dtype) / y0s.shape[0]
     return jnp.moveaxis(ys, 0, 1), penalties, stats
 
 
 # ------------------------------------------------------------------------ STEER and totals
 
 
-def steer_end_time(key, t1, b, *, t0=None) -> jax.Array:
+def steer_end_time(key: PRNGKeyArray, t1: Float[ArrayLike, ""], b: float, *,
+                   t0: Float[ArrayLike, ""] | None = None) -> Float[Array, ""]:
     """STEER (Ghosh et al. 2020): a random end time, uniform on `[t1 - b, t1 + b]`.
 
     Draw one per training solve and use it in place of the last save time:
@@ -939,6 +992,10 @@ def steer_end_time(key, t1, b, *, t0=None) -> jax.Array:
     **Example:**
 
     ```python
+    import jax
+    import jax.numpy as jnp
+    import nodekit
+
     t_end = nodekit.steer_end_time(jax.random.PRNGKey(3), 1.0, 0.5, t0=0.0)  # in [0.5, 1.5]
     ```
     """
@@ -960,7 +1017,8 @@ def steer_end_time(key, t1, b, *, t0=None) -> jax.Array:
     return t1 + jnp.asarray(b, dtype) * u
 
 
-def total_penalty(regularisers, penalties) -> jax.Array:
+def total_penalty(regularisers: Sequence[AbstractRegulariser] | AbstractRegulariser,
+                  penalties: Float[ArrayLike, " regularisers"]) -> Float[Array, ""]:
     """`sum_i weight_i * penalties[i]`: the term to add to the loss.
 
     **Arguments:**
@@ -976,7 +1034,15 @@ def total_penalty(regularisers, penalties) -> jax.Array:
     **Example:**
 
     ```python
-    loss = task_loss + nodekit.total_penalty(regs, penalties)
+    import jax
+    import jax.numpy as jnp
+    import nodekit
+
+    field = nodekit.MLPField(2, width=8, depth=1, key=jax.random.PRNGKey(0))
+    y0, ts, key = jnp.array([1.0, 0.5]), jnp.linspace(0.0, 1.0, 3), jax.random.PRNGKey(1)
+    regs = (nodekit.KineticEnergy(0.01),)
+    ys, penalties, stats = nodekit.regularised_odeint(field, y0, ts, regs)
+    loss = jnp.mean(ys**2) + nodekit.total_penalty(regs, penalties)
     ```
     """
     regularisers = _as_regularisers(regularisers)

@@ -17,24 +17,27 @@ solver (`adjoint="recursive"`) or the continuous adjoint (`"backsolve"`, see
   `max_steps=4096` and 70 % at 32768.)
 - outputs at `ts` come from the pair's dense output (Dopri5's quartic through
   Shampine's midpoint, Tsitouras' quartic for Tsit5), formed as one small matrix
-  product per step.
+  product per step. With `dense=True` each accepted step's start state and polynomial
+  coefficients are kept as well (a `max_steps` buffer, only then) for
+  `Solution.evaluate`, and the backward pass takes their cotangents too.
 
 The gradient is that of the discretised solve with the step sizes held fixed — what
 Diffrax computes too (its PID controller stops gradients through the error estimate).
 Gradients with respect to `ts` are those of the exact solution (`dy(t_j)/dt_j =
 f(t_j, y_j)`, and the continuous sensitivity for `ts[0]`), accurate to the tolerance.
 The step-size controller is Diffrax's default PID (integral) rule with the same
-constants, and the first step is chosen by Hairer's rule, so step counts match
-Diffrax's to within a step or so.
+constants, so accepted steps match Diffrax's to within 2 % (measured: README, Speed);
+the first step is chosen by Hairer's rule (one evaluation), where Diffrax 0.7.2 always
+tries 0.01, so the rejected steps differ (1-9x fewer here at tight tolerances).
 
-The engine is chosen by `odeint(..., engine="auto")` (see `_odeint.engine_for`); the
+The engine is chosen by `odeint(..., engine="auto")` (see `SolveSettings.integrator`); the
 training loop uses it by default (`solver.engine` in a config) and `engine="diffrax"`
 opts out.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax
@@ -73,7 +76,7 @@ def _pair(c, a_lower, b, e, dense: np.ndarray, error_order: int) -> Pair:
 # Dormand & Prince (1980): the fifth-order solution `b` (also the last row of `a`: FSAL)
 # and, for the error estimate, the embedded fourth-order weights `b_hat` that Diffrax and
 # torchdiffeq use (not the paper's 5179/57600, ...: this estimate is 2/3 of that one), so
-# step counts match theirs.
+# accepted step counts match theirs.
 _DOPRI5_C = [0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1, 1]
 _DOPRI5_B = [35 / 384, 0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84, 0]
 _DOPRI5_A = [
@@ -154,6 +157,7 @@ class EngineStats(NamedTuple):
     num_accepted: jax.Array
     num_rejected: jax.Array
     result: jax.Array
+    t_reached: jax.Array
 
 
 # ------------------------------------------------------------------ one step
@@ -227,12 +231,22 @@ class Steps(NamedTuple):
     n: jax.Array
 
 
+class Dense(NamedTuple):
+    """Dense output of the forward solve (`dense=True`): every accepted step's start
+    state `DY[j]` and its polynomial coefficients `DP[j]` (`(P, n)`: `y(T_j + theta H_j) =
+    DY[j] + sum_p theta^(p+1) DP[j, p]`)."""
+
+    DY: jax.Array
+    DP: jax.Array
+
+
 def _forward(f, pair: Pair, params, y0, ts, rtol, atol, max_steps: int, seg: int,
-             store: bool = True, h0=None):
-    """The adaptive solve on increasing `ts`. Returns `(ys, stats, steps, h_next)`: the
-    outputs at `ts`, statistics, the accepted steps (`Steps`, segments of `seg` steps;
-    empty buffers, never written, with `store=False`) and the step the controller would
-    try next. `h0`: the first step to try (default: Hairer's rule, one extra
+             store: bool = True, h0=None, dense: bool = False):
+    """The adaptive solve on increasing `ts` (in the state's dtype). Returns `(ys, stats,
+    steps, h_next, dense)`: the outputs at `ts`, statistics, the accepted steps (`Steps`,
+    segments of `seg` steps; empty buffers, never written, with `store=False`), the step
+    the controller would try next, and the dense output (`Dense`, or `None` without
+    `dense`). `h0`: the first step to try (default: Hairer's rule, one extra
     evaluation)."""
     dtype = y0.dtype
     t0, t1 = ts[0], ts[-1]
@@ -248,57 +262,76 @@ def _forward(f, pair: Pair, params, y0, ts, rtol, atol, max_steps: int, seg: int
     H = jnp.zeros((max_steps * store,), ts.dtype)
     Y = jnp.zeros((seg * store,) + y0.shape, dtype)
     C = jnp.zeros((n_seg * store,) + y0.shape, dtype)
+    P = pair.dense.shape[1]
+    DY = jnp.zeros((max_steps * dense,) + y0.shape, dtype)
+    DP = jnp.zeros((max_steps * dense, P) + y0.shape, dtype)
     b, e = jnp.asarray(pair.b, dtype), jnp.asarray(pair.e, dtype)
+    dense_t = jnp.asarray(pair.dense.T, dtype)
+    one = jnp.ones((), jnp.int32)
 
     def cond(c):
-        t, _, _, h, _, _, _, _, _, n_acc, n_steps, bad = c
+        t, _, _, h, _, _, _, _, _, _, _, n_acc, n_steps, bad, _ = c
         return (t < t1) & (n_steps < max_steps) & ~bad
 
     def body(c):
-        t, y, k0, h, ys, T, H, Y, C, n_acc, n_steps, bad = c
+        t, y, k0, h, ys, T, H, Y, C, DY, DP, n_acc, n_steps, bad, _ = c
         h = jnp.minimum(h, t1 - t)
         K = _stages(f, pair, t, y, h, k0, params)
         y1 = y + h * jnp.tensordot(b, K, axes=1)
         err = h * jnp.tensordot(e, K, axes=1)
         scaled = _rms(err / (atol + rtol * jnp.maximum(jnp.abs(y), jnp.abs(y1))))
         # a non-finite step (NaN anywhere in y1 or the error) is rejected and shrunk
-        scaled = jnp.where(jnp.isnan(scaled) | jnp.isnan(jnp.sum(y1)), jnp.inf, scaled)
+        nonfinite = jnp.isnan(scaled) | ~jnp.isfinite(jnp.sum(y1))
+        scaled = jnp.where(nonfinite, jnp.inf, scaled)
         accept = scaled < 1
         factor = SAFETY * (1 / scaled) ** (1.0 / pair.error_order)  # 1/0 = inf: grow
         factor = jnp.clip(factor, FACTOR_MIN, jnp.where(accept, FACTOR_MAX, SAFETY))
         save = _in_step(ts, t, h) & accept
-        dense = y[None] + h * (_dense_weights(pair, (ts - t) / h).astype(dtype) @ K)
-        ys = jnp.where(save.reshape((-1,) + (1,) * y.ndim), dense, ys)
+        out = y[None] + h * (_dense_weights(pair, (ts - t) / h).astype(dtype) @ K)
+        ys = jnp.where(save.reshape((-1,) + (1,) * y.ndim), out, ys)
         if store:  # out-of-bounds indices are dropped: a rejected step stores nothing
             T = T.at[jnp.where(accept, n_acc, max_steps)].set(t, mode="drop")
             H = H.at[jnp.where(accept, n_acc, max_steps)].set(h, mode="drop")
             Y = Y.at[jnp.where(accept, n_acc % seg, seg)].set(y, mode="drop")
             C = C.at[jnp.where(accept & (n_acc % seg == 0), n_acc // seg, n_seg)].set(
                 y, mode="drop")
+        if dense:
+            DY = DY.at[jnp.where(accept, n_acc, max_steps)].set(y, mode="drop")
+            DP = DP.at[jnp.where(accept, n_acc, max_steps)].set(h * (dense_t @ K), mode="drop")
         t_next = jnp.where(accept, t + h, t)
         bad = (t_next + h * factor <= t_next) | ~jnp.isfinite(h * factor)
         return (t_next, jnp.where(accept, y1, y), jnp.where(accept, K[-1], k0), h * factor,
-                ys, T, H, Y, C, n_acc + accept, n_steps + 1, bad)
+                ys, T, H, Y, C, DY, DP, n_acc + jnp.where(accept, one, 0), n_steps + 1, bad,
+                nonfinite)
 
-    init = (t0, y0, f0, h0, ys, T, H, Y, C, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32),
-            jnp.zeros((), bool))
-    t, _, _, h_next, ys, T, H, Y, C, n_acc, n_steps, bad = jax.lax.while_loop(cond, body, init)
+    zero = jnp.zeros((), jnp.int32)
+    init = (t0, y0, f0, h0, ys, T, H, Y, C, DY, DP, zero, zero, jnp.zeros((), bool),
+            ~jnp.isfinite(jnp.sum(f0)))
+    t, _, _, h_next, ys, T, H, Y, C, DY, DP, n_acc, n_steps, bad, nonfinite = \
+        jax.lax.while_loop(cond, body, init)
+    # outputs the solve did not reach (it failed first) are inf, as on Diffrax
+    ys = jnp.where((ts > t).reshape((-1,) + (1,) * y0.ndim), jnp.inf, ys)
+    # the steps collapse when the state turns non-finite (each attempt is rejected)
     result = jnp.where(t >= t1, _RESULT["successful"],
-                       jnp.where(bad, _RESULT["nonfinite"], _RESULT["max_steps_reached"]))
+                       jnp.where(bad, jnp.where(nonfinite, _RESULT["nonfinite"],
+                                                _RESULT["dt_min_reached"]),
+                                 _RESULT["max_steps_reached"]))
     stages = len(pair.c)
     stats = EngineStats(nfe=1 + first + (stages - 1) * n_steps, num_steps=n_steps,
                         num_accepted=n_acc, num_rejected=n_steps - n_acc,
-                        result=result.astype(jnp.int32))
-    return ys, stats, Steps(T, H, Y, C, n_acc), h_next
+                        result=result.astype(jnp.int32), t_reached=t)
+    return ys, stats, Steps(T, H, Y, C, n_acc), h_next, (Dense(DY, DP) if dense else None)
 
 
 # ------------------------------------------------------------------ gradient
 
 
-def _backward(f, pair: Pair, params, ctx, ts, steps: Steps, ys, ct_ys, times: bool = True):
-    """Cotangents of `(params, y0, ts)` from those of `ys`, by one reverse pass over the
-    stored steps (`f` takes `(params, ctx)`; `ctx` is not differentiated). With
-    `times=False` the cotangent of `ts` is None (not differentiated: no evaluations).
+def _backward(f, pair: Pair, params, ctx, ts, steps: Steps, ys, ct_ys, times: bool = True,
+              ct_dense: Dense | None = None):
+    """Cotangents of `(params, y0, ts)` from those of `ys` (and of the dense output,
+    `ct_dense`), by one reverse pass over the stored steps (`f` takes `(params, ctx)`;
+    `ctx` is not differentiated). With `times=False` the cotangent of `ts` is None (not
+    differentiated: no evaluations).
 
     Segments are visited last to first. The last one's states are stored; an earlier
     one's are recomputed from its first state along the stored step sizes (no step-size
@@ -308,6 +341,7 @@ def _backward(f, pair: Pair, params, ctx, ts, steps: Steps, ys, ct_ys, times: bo
     seg = Y.shape[0]
     dtype = Y.dtype
     b = jnp.asarray(pair.b, dtype)
+    dense_t = jnp.asarray(pair.dense.T, dtype)
     zeros_p = jax.tree_util.tree_map(jnp.zeros_like, params)
     pc = (params, ctx)
     last = (n_acc - 1) // seg
@@ -338,13 +372,18 @@ def _backward(f, pair: Pair, params, ctx, ts, steps: Steps, ys, ct_ys, times: bo
             def step(y, p):
                 pc = (p, ctx)
                 K = _stages(f, pair, t, y, h, f(t, y, pc), pc)
-                return y + h * jnp.tensordot(b, K, axes=1), h * (w @ K)
+                out = (y + h * jnp.tensordot(b, K, axes=1), h * (w @ K))
+                return out + ((h * (dense_t @ K),) if ct_dense is not None else ())
 
             _, vjp = jax.vjp(step, y, params)
-            ct_dense = jnp.where(mask.reshape((-1,) + (1,) * y.ndim), ct_ys, 0)
-            # dense = y + h w K: y's share of the dense output's cotangent goes to `a` directly
-            dy, dp = vjp((a, ct_dense))
-            return dy + jnp.sum(ct_dense, axis=0), jax.tree_util.tree_map(jnp.add, gp, dp)
+            ct_out = jnp.where(mask.reshape((-1,) + (1,) * y.ndim), ct_ys, 0)
+            cts = (a, ct_out) + ((ct_dense.DP[start + j],) if ct_dense is not None else ())
+            # out = y + h w K: y's share of the outputs' cotangent goes to `a` directly
+            dy, dp = vjp(cts)
+            dy = dy + jnp.sum(ct_out, axis=0)
+            if ct_dense is not None:  # DY[j] is the step's start state itself
+                dy = dy + ct_dense.DY[start + j]
+            return dy, jax.tree_util.tree_map(jnp.add, gp, dp)
 
         return jax.lax.fori_loop(0, count, body, c)
 
@@ -365,8 +404,10 @@ def _time_cotangents(f, params, ctx, ts, ys, ct_ys, a):
 
 def _backsolve(f, pair: Pair, params, ctx, ts, ys, ct_ys, rtol, atol, max_steps: int,
                times: bool = True):
-    """Cotangents of `(params, y0, ts)` by the continuous adjoint (`adjoint="backsolve"`):
-    from the last output time back to the first, the state, its adjoint `a` and the
+    """Cotangents of `(params, y0, ts)` by the continuous adjoint (`adjoint="backsolve"`),
+    and the result code of the backward solve (0 when every interval succeeded).
+
+    From the last output time back to the first, the state, its adjoint `a` and the
     parameters' adjoint `g` are solved together backwards by the same adaptive loop,
     one interval between output times at a time (`da/dt = -a df/dy`, `dg/dt = -a
     df/dp`), the step size carried from one interval to the next (guessing it afresh
@@ -375,7 +416,8 @@ def _backsolve(f, pair: Pair, params, ctx, ts, ys, ct_ys, rtol, atol, max_steps:
     from the forward solution there (as torchdiffeq does) and that output's cotangent
     is added to `a`. Memory does not grow with the number of steps, and the parameters'
     adjoint is one for the whole state (the joint batch), not one per sample. Gradients
-    are accurate to the tolerance."""
+    are accurate to the tolerance; a failed interval (out of `max_steps`, non-finite)
+    is reported in the code, never hidden."""
     flat_p, unravel_p = ravel_pytree(params)
     n, dtype = ys.shape[1], ys.dtype
 
@@ -386,60 +428,160 @@ def _backsolve(f, pair: Pair, params, ctx, ts, ys, ct_ys, rtol, atol, max_steps:
 
     def interval(k, c):
         i = ts.shape[0] - 1 - k  # from ts[i] back to ts[i - 1]
-        a, g, h = c
-        zs, _, _, h = _forward(augmented, pair, (params, ctx), jnp.concatenate([ys[i], a, g]),
-                               jnp.stack([-ts[i], -ts[i - 1]]), rtol, atol, max_steps, 1,
-                               store=False, h0=h)
-        return zs[1, n: 2 * n] + ct_ys[i - 1], zs[1, 2 * n:], h
+        a, g, h, code = c
+        zs, st, _, h, _ = _forward(augmented, pair, (params, ctx), jnp.concatenate([ys[i], a, g]),
+                                   jnp.stack([-ts[i], -ts[i - 1]]), rtol, atol, max_steps, 1,
+                                   store=False, h0=h)
+        code = jnp.where(code == 0, st.result, code)  # the first failure
+        return zs[1, n: 2 * n] + ct_ys[i - 1], zs[1, 2 * n:], h, code
 
     # the step size carries over from one interval to the next (only the first is guessed)
     z_last = jnp.concatenate([ys[-1], ct_ys[-1], jnp.zeros(flat_p.shape, dtype)])
     h_first = _first_step(augmented, pair, -ts[-1], z_last,
                           augmented(-ts[-1], z_last, (params, ctx)), (params, ctx), rtol, atol)
-    a, g, _ = jax.lax.fori_loop(0, ts.shape[0] - 1, interval,
-                                (ct_ys[-1], jnp.zeros(flat_p.shape, dtype), h_first))
+    a, g, _, code = jax.lax.fori_loop(
+        0, ts.shape[0] - 1, interval,
+        (ct_ys[-1], jnp.zeros(flat_p.shape, dtype), h_first, jnp.zeros((), jnp.int32)))
     gp = unravel_p(g.astype(flat_p.dtype))
-    return gp, a, _time_cotangents(f, params, ctx, ts, ys, ct_ys, a) if times else None
+    return gp, a, _time_cotangents(f, params, ctx, ts, ys, ct_ys, a) if times else None, code
+
+
+def refuse_failed_backward(grads, code, *, throw: bool, solver: str, max_steps: int):
+    """Never a silently wrong gradient: where the backward solve failed (`code != 0`)
+    the gradients become NaN (which a training step's non-finite guard reports), and
+    with `throw` the solve raises (an `EquinoxRuntimeError` naming the failure; NaN
+    instead when Equinox's `EQX_ON_ERROR=nan` is set, as the CLI does)."""
+    from ._errors import backward_failure_message
+
+    failed = code != 0
+    grads = jax.tree_util.tree_map(
+        lambda g: jnp.where(failed, jnp.full_like(g, jnp.nan), g) if eqx.is_inexact_array(g)
+        else g, grads)
+    if throw:
+        messages = [backward_failure_message(name, solver=solver, max_steps=max_steps)
+                    for name in RESULT_NAMES]
+        leaves, treedef = jax.tree_util.tree_flatten(grads)
+        i = next(k for k, x in enumerate(leaves) if eqx.is_array(x))
+        leaves[i] = eqx.branched_error_if(leaves[i], failed, code, messages)
+        grads = jax.tree_util.tree_unflatten(treedef, leaves)
+    return grads
+
+
+# ------------------------------------------------------------------ dense output
+
+
+class StateSpec(NamedTuple):
+    """How a flat state vector unflattens into the caller's pytree (hashable, so it can
+    be a static field)."""
+
+    treedef: Any
+    shapes: tuple
+
+    @classmethod
+    def of(cls, tree) -> "StateSpec":
+        leaves, treedef = jax.tree_util.tree_flatten(tree)
+        return cls(treedef, tuple(tuple(np.shape(x)) for x in leaves))
+
+    def unflatten(self, flat):
+        sizes = [int(np.prod(s)) for s in self.shapes]
+        parts = jnp.split(flat, np.cumsum(sizes)[:-1]) if len(sizes) > 1 else [flat]
+        return jax.tree_util.tree_unflatten(
+            self.treedef, [p.reshape(s) for p, s in zip(parts, self.shapes)])
+
+
+class EngineDense(eqx.Module):
+    """The engine's dense output: every accepted step's start state and polynomial
+    coefficients (the pair's own interpolant: Shampine's quartic for Dopri5, Tsitouras'
+    for Tsit5), evaluated at any time of the solved interval. Differentiable with
+    respect to everything the solve depends on except `ts` (the step grid is held
+    fixed), and with respect to the time asked for."""
+
+    T: jax.Array
+    H: jax.Array
+    DY: jax.Array
+    DP: jax.Array
+    n: jax.Array
+    y0: jax.Array
+    sign: jax.Array
+    spec: StateSpec = eqx.field(static=True)
+
+    def evaluate(self, t):
+        """The state at time `t` (a scalar); outside the solved interval the nearest
+        step's polynomial extrapolates."""
+        u = self.sign * jnp.asarray(t, self.T.dtype)
+        n = self.n.astype(jnp.int32)
+        starts = jnp.where(jnp.arange(self.T.shape[0], dtype=jnp.int32) < n, self.T, jnp.inf)
+        i = jnp.searchsorted(starts, u, side="right").astype(jnp.int32) - 1
+        i = jnp.clip(i, 0, jnp.maximum(n - 1, 0))
+        h = jnp.where(self.n > 0, self.H[i], 1)
+        theta = (u - self.T[i]) / h
+        powers = jnp.stack([theta ** (p + 1) for p in range(self.DP.shape[1])])
+        y = self.DY[i] + jnp.tensordot(powers.astype(self.DY.dtype), self.DP[i], axes=1)
+        return self.spec.unflatten(jnp.where(self.n > 0, y, self.y0))
 
 
 # ------------------------------------------------------------------ public entry
 
 
-def rk_solve(func, y0, ts, args, *, solver: str, rtol: float, atol: float, max_steps: int,
-             segment: int | None = None, adjoint: str = "recursive"):
-    """Solve `dy/dt = func(t, y, args)` with the engine; returns `(ys, EngineStats)`.
-
-    `func` may close over arrays (they are differentiated like explicit arguments),
-    `y0` is any pytree of floating arrays of one dtype, `ts` is 1-D and monotonic
-    (times equal to `ts[0]` return `y0`). Failures come back in `stats.result`
-    (Diffrax's codes). With `adjoint="recursive"` the gradient backpropagates through
-    the solve, keeping the states of `segment` steps (default `segment_size(max_steps)`)
-    and one state per segment (see `_backward`); with `"backsolve"` it is the continuous
-    adjoint, solved backwards by the same loop (see `_backsolve`)."""
-    pair = PAIRS[solver]
-    seg = segment_size(max_steps) if segment is None else max(1, min(int(segment), max_steps))
-    flat_y0, unravel = ravel_pytree(y0)
-    sign = jax.lax.stop_gradient(jnp.where(ts[-1] >= ts[0], 1.0, -1.0).astype(ts.dtype))
+def flat_problem(func, y0, ts, args):
+    """The solve rewritten over flat arrays in forward time, everything traced passed in
+    as an argument (never a closure), so a custom VJP can be traced under any transform:
+    returns `(f, floats, ctx, flat_y0, us, spec)` with `f(u, y, (floats, ctx))` the field
+    on the flat state at `u = sign * t`, `floats` the differentiable arrays of
+    `(func, args)` and `ctx = (other arrays, sign)`."""
+    flat_y0, _ = ravel_pytree(y0)
+    spec = StateSpec.of(y0)
+    ts = ts.astype(flat_y0.dtype)
+    sign = jax.lax.stop_gradient(jnp.where(ts[-1] >= ts[0], 1, -1).astype(ts.dtype))
     conv = eqx.filter_closure_convert(func, ts[0], y0, args)
     arrays, static = eqx.partition((conv, args), eqx.is_array)
     floats, others = eqx.partition(arrays, eqx.is_inexact_array)
-    # Time runs forwards inside the engine: u = sign * t. Everything traced goes in as
-    # an argument (`floats` are differentiated; `ctx` holds integer arrays and the
-    # sign), never as a closure, so the VJP can be traced later under any transform.
-    us = sign * ts
 
     def f(u, y, p):
         pf, (other, sgn) = p
         # (JAX may hand a float leaf back as a Python-like literal: make it an array)
         pf = jax.tree_util.tree_map(jnp.asarray, pf)
         fn, a = eqx.combine(pf, other, static)
-        out, _ = ravel_pytree(fn(sgn * u, unravel(y), a))
+        out, _ = ravel_pytree(fn(sgn * u, spec.unflatten(y), a))
         return sgn * out.astype(y.dtype)
+
+    return f, floats, (others, sign), flat_y0, sign * ts, spec
+
+
+def rk_solve(func, y0, ts, args, *, solver: str, rtol: float, atol: float, max_steps: int,
+             segment: int | None = None, adjoint: str = "recursive", dense: bool = False,
+             throw: bool = True):
+    """Solve `dy/dt = func(t, y, args)` with the engine; returns `(ys, EngineStats,
+    dense_output)` (`EngineDense`, or `None` without `dense`).
+
+    `func` may close over arrays (they are differentiated like explicit arguments),
+    `y0` is any pytree of floating arrays of one dtype, `ts` is 1-D and monotonic
+    (times equal to `ts[0]` return `y0`; `ts` is cast to the state's dtype). Failures
+    come back in `stats.result` (Diffrax's codes). With `adjoint="recursive"` the
+    gradient backpropagates through the solve, keeping the states of `segment` steps
+    (default `segment_size(max_steps)`) and one state per segment (see `_backward`);
+    with `"backsolve"` it is the continuous adjoint, solved backwards by the same loop
+    (see `_backsolve`), and a failed backward solve gives NaN gradients (and an error
+    with `throw`), never wrong ones."""
+    pair = PAIRS[solver]
+    seg = segment_size(max_steps) if segment is None else max(1, min(int(segment), max_steps))
+    f, floats, ctx, flat_y0, us, spec = flat_problem(func, y0, ts, args)
+    store = adjoint == "recursive"
+    if dense and not store:
+        raise ValueError("dense output needs adjoint='recursive'")  # refused by odeint
+
+    def outputs(ys, steps, dense_out):
+        extra = None
+        if dense:
+            extra = (jax.lax.stop_gradient(steps.T), jax.lax.stop_gradient(steps.H),
+                     dense_out.DY, dense_out.DP, steps.n)
+        return extra
 
     @jax.custom_vjp
     def solve(pf, ctx, y, us):
-        ys, stats, _, _ = _forward(f, pair, (pf, ctx), y, us, rtol, atol, max_steps, seg)
-        return ys, stats
+        ys, stats, steps, _, dense_out = _forward(f, pair, (pf, ctx), y, us, rtol, atol,
+                                                  max_steps, seg, store=dense, dense=dense)
+        return ys, stats, outputs(ys, steps, dense_out)
 
     times_perturbed = []
 
@@ -449,25 +591,44 @@ def rk_solve(func, y0, ts, args, *, solver: str, rtol: float, atol: float, max_s
         pf, ctx, y, us = jax.tree_util.tree_map(
             lambda x: x.value, (pf, ctx, y, us),
             is_leaf=lambda x: isinstance(x, jax.custom_derivatives.CustomVJPPrimal))
-        ys, stats, steps, _ = _forward(f, pair, (pf, ctx), y, us, rtol, atol, max_steps, seg,
-                                       store=adjoint == "recursive")
-        return (ys, stats), (pf, ctx, us, steps, ys)
+        ys, stats, steps, _, dense_out = _forward(f, pair, (pf, ctx), y, us, rtol, atol,
+                                                  max_steps, seg, store=store, dense=dense)
+        return (ys, stats, outputs(ys, steps, dense_out)), (pf, ctx, us, steps, ys)
+
+    def materialise(ct, like):
+        if isinstance(ct, jax.custom_derivatives.SymbolicZero):
+            return jnp.zeros(like.shape, like.dtype)
+        return ct
 
     def solve_bwd(res, cts):
         pf, ctx, us, steps, ys = res
-        ct_ys = cts[0]
-        if isinstance(ct_ys, jax.custom_derivatives.SymbolicZero):
-            ct_ys = jnp.zeros(ct_ys.shape, ct_ys.dtype)
+        ct_ys = materialise(cts[0], ys)
         if adjoint == "backsolve":
-            gp, a, ct_us = _backsolve(f, pair, pf, ctx, us, ys, ct_ys, rtol, atol, max_steps,
-                                      times=times_perturbed[-1])
+            gp, a, ct_us, code = _backsolve(f, pair, pf, ctx, us, ys, ct_ys, rtol, atol,
+                                            max_steps, times=times_perturbed[-1])
+            gp, a, ct_us = refuse_failed_backward((gp, a, ct_us), code, throw=throw,
+                                                  solver=solver, max_steps=max_steps)
         else:
+            ct_dense = None
+            if dense:
+                _, _, ct_dy, ct_dp, _ = cts[2]
+                n = flat_y0.shape[0]
+                ct_dense = Dense(
+                    materialise(ct_dy, jax.ShapeDtypeStruct((max_steps, n), flat_y0.dtype)),
+                    materialise(ct_dp, jax.ShapeDtypeStruct(
+                        (max_steps, pair.dense.shape[1], n), flat_y0.dtype)))
             gp, a, ct_us = _backward(f, pair, pf, ctx, us, steps, ys, ct_ys,
-                                     times=times_perturbed[-1])
+                                     times=times_perturbed[-1], ct_dense=ct_dense)
         return gp, None, a, ct_us
 
     solve.defvjp(solve_fwd, solve_bwd, symbolic_zeros=True)
-    flat_ys, stats = solve(floats, (others, sign), flat_y0, us)
+    flat_ys, stats, extra = solve(floats, ctx, flat_y0, us)
     # integer statistics carry no tangent (Equinox's runtime checks read them under AD)
-    stats = EngineStats(*(jax.lax.stop_gradient(x) for x in stats))
-    return jax.vmap(unravel)(flat_ys), stats
+    stats = EngineStats(*(jax.lax.stop_gradient(x) for x in stats[:-1]),
+                        jax.lax.stop_gradient(ctx[1] * stats.t_reached))
+    dense_output = None
+    if dense:
+        T, H, DY, DP, n = extra
+        dense_output = EngineDense(T, H, DY, DP, jax.lax.stop_gradient(n), flat_y0, ctx[1],
+                                   spec)
+    return jax.vmap(spec.unflatten)(flat_ys), stats, dense_output

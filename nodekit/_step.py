@@ -17,7 +17,6 @@ Two start-up and dispatch levers live here:
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 from pathlib import Path
@@ -29,8 +28,18 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from ._odeint import record_integrators, summarise_integrators
 from ._optim import needs_value_fn
 from ._rundir import atomic_write_bytes
+
+
+def _optax_promotion():
+    """Optax's updates mix dtypes implicitly (Adam's bias correction is `decay ** count`
+    with an int32 count), so under a caller's strict dtype promotion
+    (`jax.numpy_dtype_promotion("strict")`, as Equinox's and Diffrax's test suites use)
+    they fail. The optimiser update runs with standard promotion: scoped to this trace,
+    nothing process-wide changes."""
+    return jax.numpy_dtype_promotion("standard")
 
 
 def step_body(loss_fn: Callable, optim: optax.GradientTransformation) -> Callable:
@@ -39,6 +48,10 @@ def step_body(loss_fn: Callable, optim: optax.GradientTransformation) -> Callabl
     def step(model, opt_state, batch, key):
         (loss, aux), grads = eqx.filter_value_and_grad(loss_fn, has_aux=True)(model, batch, key)
         params = eqx.filter(model, eqx.is_inexact_array)
+        with _optax_promotion():
+            return _update(loss, aux, grads, params, model, opt_state, batch, key)
+
+    def _update(loss, aux, grads, params, model, opt_state, batch, key):
         if needs_value_fn(opt_state):
             # a line search (lbfgs): the loss on this step's batch and key, as a
             # function of the parameters alone
@@ -87,35 +100,6 @@ def make_step(loss_fn: Callable, optim: optax.GradientTransformation) -> Callabl
     return eqx.filter_jit(step_body(loss_fn, optim))
 
 
-@contextlib.contextmanager
-def no_host_callbacks():
-    """Trace with Equinox's runtime checks in `nan` mode instead of host callbacks.
-
-    Diffrax validates `SaveAt(ts)` with `eqx.error_if`, which inserts host callbacks;
-    those stop `jax.export` and JAX's persistent compilation cache. Training solves run
-    with `throw=False`, their times are validated on the host, and a tripped check gives
-    NaN, which the step's non-finite guard reports. Scoped to the trace: user code that
-    calls `odeint(throw=True)` keeps its errors.
-    """
-    import equinox._errors as eqx_errors
-
-    old = eqx_errors.EQX_ON_ERROR
-    if old != "raise":
-        yield
-        return
-    # `diffrax.diffeqsolve` is itself jitted: a trace cached in "raise" mode would be
-    # reused here (bringing its callbacks), and one cached here would later hand NaN to
-    # a caller expecting errors. JAX's caches are cleared on the way in and out (the
-    # compiled training step keeps its own executable).
-    jax.clear_caches()
-    eqx_errors.EQX_ON_ERROR = "nan"
-    try:
-        yield
-    finally:
-        eqx_errors.EQX_ON_ERROR = old
-        jax.clear_caches()
-
-
 def _spec(x):
     """The abstract value of `x`, keeping its sharding when it spans several devices
     (so the step compiled ahead of time accepts the sharded arrays it will be given)."""
@@ -161,70 +145,39 @@ def _remove_stale_temporaries(folder: Path, age_s: float = 3600.0) -> None:
             pass
 
 
-def _load_or_export(jitted, specs, path: Path, key: str):
-    """`(callable, source, module, note)`: the function stored at `path` (`"export-cache"`),
-    or `jitted` traced in `no_host_callbacks()`, exported and stored there
-    (`"traced+exported"`); `module` is the serialised StableHLO. An entry is used only
-    when its stored key is `key` and its content hash matches (`nodekit._io`'s cache
-    entries); anything else is ignored and rebuilt, and `note` says why."""
+def _load_or_export(jitted, specs, path: Path, key: str, meta: Callable[[], dict]):
+    """`(callable, source, module, note, meta)`: the function stored at `path`
+    (`"export-cache"`) with the `meta` stored with it,
+    or `jitted` traced, exported and stored there (`"traced+exported"`); `module` is the
+    serialised StableHLO. An entry is used only when its stored key is `key` and its
+    content hash matches (`nodekit._io`'s cache entries); anything else is ignored and
+    rebuilt, and `note` says why; a new entry stores `meta()` (called after tracing).
+    A step holding host callbacks (Equinox's runtime
+    checks, unless `EQX_ON_ERROR=nan` was set before Equinox was imported, as the CLI
+    does) cannot be exported: `export` raises, and the caller falls back to tracing."""
     from jax import export
 
     from ._io import pack_cache_entry, read_cache_entry
 
-    payload, note = read_cache_entry(path, key)
+    payload, note, stored = read_cache_entry(path, key, with_meta=True)
     if payload is not None:
         try:
             exported = export.deserialize(bytearray(payload))
-            return jax.jit(exported.call), "export-cache", exported.mlir_module_serialized, None
+            return (jax.jit(exported.call), "export-cache", exported.mlir_module_serialized,
+                    None, stored)
         except Exception as e:  # a valid entry JAX cannot read (another version): rebuild
             note = f"cache entry {path.name} ignored and rebuilt: unreadable ({type(e).__name__})"
-    with no_host_callbacks():
-        exported = export.export(jitted)(*specs)
+    exported = export.export(jitted)(*specs)
+    fresh = meta()
     _remove_stale_temporaries(path.parent)
-    atomic_write_bytes(path, pack_cache_entry(key, bytes(exported.serialize())))
-    return jax.jit(exported.call), "traced+exported", exported.mlir_module_serialized, note
-
-
-@contextlib.contextmanager
-def _no_unused_lapack(serialized: bytes | None):
-    """Skip JAX's LAPACK set-up while lowering a loaded step that calls no LAPACK routine.
-
-    Lowering a call to an exported function on CPU first initialises JAX's LAPACK
-    bindings, which imports `scipy.linalg` (0.12-0.25 s here, most of what a warm start
-    spends after the imports). The training step of an ODE fit calls no LAPACK routine;
-    the routines' FFI targets are named in the serialised module, so the set-up is
-    kept whenever one appears (the names are jaxlib's own list of its LAPACK targets),
-    and whenever JAX's internals are not where expected."""
-    try:
-        from jax._src.export import _export
-        from jaxlib.cpu import _lapack
-
-        original = _export._ensure_backends_initialized
-        targets = [name.encode() for name in _lapack.registrations()]
-    except Exception:  # pragma: no cover - JAX internals moved: keep the set-up
-        yield
-        return
-    if serialized is None or not targets or any(t in serialized for t in targets):
-        yield
-        return
-    _export._ensure_backends_initialized = lambda platforms: None
-    try:
-        yield
-    finally:
-        _export._ensure_backends_initialized = original
+    atomic_write_bytes(path, pack_cache_entry(key, bytes(exported.serialize()), fresh))
+    return jax.jit(exported.call), "traced+exported", exported.mlir_module_serialized, note, fresh
 
 
 def _compile(fn, specs, source: str, serialized: bytes | None = None):
-    """Trace (unless loaded) and compile now, so the timing and the scope of
-    `no_host_callbacks` are both explicit. A loaded function has nothing left to trace
-    in it, so it is compiled outside `no_host_callbacks` (whose `jax.clear_caches()`
-    would make every small op of the run compile again); `serialized` is its module
-    (see `_no_unused_lapack`)."""
-    if source == "export-cache":
-        with _no_unused_lapack(serialized):
-            return fn.lower(*specs).compile()
-    with no_host_callbacks():
-        return fn.lower(*specs).compile()
+    """Trace (unless loaded) and compile now, so that the timing is explicit."""
+    del source, serialized
+    return fn.lower(*specs).compile()
 
 
 def _digest(material: dict) -> str:
@@ -287,10 +240,15 @@ class CompiledStep:
         self._specs = specs
         self.path = None
         self.cache_note: str | None = None
+        #: `(name, reason)` of the step's solves (`"none"` without one): recorded while
+        #: tracing, or read from the cache entry the step was loaded from.
+        self.integrator: tuple[str, str] = ("none", "no ODE solve in the training step")
         if cache_dir is None:
             if log is not None:
                 log("compiling the training step")
-            self._call = _compile(self._jitted, specs, self.source)
+            with record_integrators() as recorded:
+                self._call = _compile(self._jitted, specs, self.source)
+            self.integrator = summarise_integrators(recorded)
             return
         digest = _digest({
             "key": key_material,
@@ -302,16 +260,23 @@ class CompiledStep:
             log("loading the compiled training step from the cache" if self.path.exists() else
                 "compiling the training step (this config's first run; the next run loads "
                 "it from the cache)")
-        module = None
-        try:
-            fn, self.source, module, self.cache_note = _load_or_export(self._jitted, specs,
-                                                                       self.path, digest)
-        except Exception as e:  # the cache is an optimisation: never fail a run over it
-            self.cache_error = f"{type(e).__name__}: {e}"
-            fn, self.source = self._jitted, "traced"
-        if self.cache_note and log is not None:
-            log(self.cache_note)
-        self._call = _compile(fn, specs, self.source, module)
+        module, meta = None, {}
+        with record_integrators() as recorded:
+            try:
+                fn, self.source, module, self.cache_note, meta = _load_or_export(
+                    self._jitted, specs, self.path, digest,
+                    lambda: {"integrator": list(summarise_integrators(recorded))})
+            except Exception as e:  # the cache is an optimisation: never fail a run over it
+                self.cache_error = f"{type(e).__name__}: {e}"
+                fn, self.source = self._jitted, "traced"
+            if self.cache_note and log is not None:
+                log(self.cache_note)
+            self._call = _compile(fn, specs, self.source, module)
+        stored = meta.get("integrator")
+        if self.source == "export-cache" and isinstance(stored, list) and len(stored) == 2:
+            self.integrator = (str(stored[0]), str(stored[1]))
+        else:
+            self.integrator = summarise_integrators(recorded)
 
     def flatten(self, model, opt_state) -> list:
         """The flat list of arrays of `(model, opt_state)`."""

@@ -7,13 +7,23 @@ SIGINT (Ctrl-C) / SIGTERM after a checkpoint and the summary (rerun to resume).
 
 `run()` is the console script: it installs the signal handlers before anything else
 (no Ctrl-C is lost during start-up), then calls `main()`. The process-wide settings a
-command wants (JAX's persistent compilation cache for `train`) are turned on here, never
-by the library.
+command wants are made here, never by the library:
+
+- JAX's persistent compilation cache for `train` (`train.compile_cache`).
+- Equinox's documented switch `EQX_ON_ERROR=nan`, set by `main()` before JAX and
+  Equinox are imported (unless you set it yourself: yours wins). Runtime checks inside
+  compiled code (`eqx.error_if`, e.g. Diffrax's check of the output times) then give NaN
+  instead of a host callback, which the training step's non-finite guard reports; a
+  step without host callbacks can be exported to nodekit's step cache, so a second run
+  of a config starts in about a second. Library callers of `nodekit.train()` keep
+  Equinox's default (`raise`): their runs work the same, and their step is cached when
+  it has no callbacks (see `summary.json`'s `step_source`).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -146,6 +156,11 @@ COMMANDS = {"train": _cmd_train, "validate": _cmd_validate, "reproduce": _cmd_re
 def main(argv: list[str] | None = None) -> int:
     """Run one `nodekit` command; returns the exit code. (In-process callers, e.g.
     tests, keep their own signal handling; the console script is `run`.)"""
+    # Before anything imports Equinox (it reads the variable once, on import); see the
+    # module docstring. A user's own setting wins, and when main() is called in a process
+    # that already imported Equinox (a test, a notebook) it would change nothing there.
+    if "equinox" not in sys.modules:
+        os.environ.setdefault("EQX_ON_ERROR", "nan")
     args = _parser().parse_args(argv)
     from ._errors import NodekitError
     from ._signals import Stopped

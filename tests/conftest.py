@@ -8,6 +8,15 @@ import jax  # noqa: E402
 import pytest  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def strict_promotion():
+    """Every test runs with strict dtype promotion and rank promotion raising (as
+    Equinox's and Diffrax's suites do): an implicit `float32 * float64`, `int * float`
+    or `(3,) + (3, 1)` in library code fails the test instead of silently widening."""
+    with jax.numpy_dtype_promotion("strict"), jax.numpy_rank_promotion("raise"):
+        yield
+
+
 @pytest.fixture
 def getkey():
     """`getkey()` returns a fresh PRNG key each call (deterministic per test)."""

@@ -121,7 +121,7 @@ RULES = [
     ({"task": "latent", "optimizer": {"name": "lbfgs"}}, "optimizer.name"),
     ({"task": "density", "data": {"resample": True}, "optimizer": {"name": "lbfgs"},
       "train": {"batch_size": 10000}}, "data.resample"),
-    ({"task": "latent", "solver": {"engine": "diffrax"}}, "solver.engine"),
+    ({"solver": {"engine": "nodekit", "name": "heun"}}, "solver.engine"),
     ({"task": "classification", "data": {"name": "concentric_spheres", "r1": 2.0}}, "data.r2"),
     ({"task": "latent", "data": {"n_points": 10, "n_obs": 8}}, "data.n_obs"),
     ({"data": {"name": "file", "path": "a.txt"}}, "data.path"),

@@ -1,6 +1,8 @@
-"""nodekit's own Runge–Kutta engine (`nodekit._rk`, `odeint(engine=...)`): solutions
-against closed forms and Diffrax, gradients against finite differences, the choice
-of engine, and failures."""
+"""nodekit's own Runge–Kutta engine (`nodekit._rk`, `odeint(engine=...)`): what is
+particular to it (step counts against Diffrax's, its dense output's order, its stored
+segments, vmapped custom VJPs, its written-out constants, start-up without Diffrax),
+and the house rules of the solver core. Solutions, gradients and edges on both
+integrators are in tests/test_odeint.py."""
 
 import equinox as eqx
 import jax
@@ -9,9 +11,7 @@ import numpy as np
 import pytest
 
 import nodekit
-from nodekit._odeint import engine_for, result_name
-
-from .helpers import central_fd, run_cli
+from .helpers import run_cli
 
 A = np.array([[-0.3, 1.2], [-1.2, -0.3]])  # a damped rotation: y(t) = expm(A t) y0
 
@@ -38,8 +38,11 @@ def test_engine_matches_the_closed_form_and_diffrax(solver):
         exact = _exact(y0, ts)
         err, err_ref = np.abs(np.asarray(ys) - exact).max(), np.abs(np.asarray(ref) - exact).max()
         assert err < 2e-5 and err < 3 * err_ref + 1e-9, (err, err_ref)
+        # accepted steps match Diffrax's to within two (the same PID controller); the
+        # rejected ones do not: Diffrax 0.7.2 always tries 0.01 first and shrinks from
+        # there, the engine starts from Hairer's estimate (figures in the README)
         assert int(st.result) == 0 and abs(int(st.num_accepted) - int(st_ref.num_accepted)) <= 2
-        assert int(st.nfe) <= int(st_ref.nfe) + 12
+        assert int(st.num_rejected) <= int(st_ref.num_rejected) + 2
         back = nodekit.odeint(_linear, jnp.asarray(exact[-1]), ts[::-1], engine="nodekit", **kw)[0]
         assert np.abs(np.asarray(back) - exact[::-1]).max() < 1e-4
 
@@ -60,54 +63,10 @@ def test_engine_dense_output_is_fourth_order():
         assert errs[1] < errs[0] / 10, errs
 
 
-def test_engine_gradients_match_finite_differences():
-    """Gradients with respect to the field's parameters (closed over), `args`, `y0`
-    and `ts`, against central differences of the same solve (float64, tight tolerance)."""
-    with jax.enable_x64(True):
-        w = jnp.array([[0.2, -0.7], [0.5, 0.1]])
-
-        def loss(w, a, y0, ts):
-            f = lambda t, y, args: jnp.tanh(y @ w.T) * args + 0.1 * jnp.sin(t)  # noqa: E731
-            ys = nodekit.odeint(f, y0, ts, solver="tsit5", rtol=1e-11, atol=1e-12, args=a,
-                                engine="nodekit", max_steps=2000)
-            return jnp.sum(jnp.sin(ys) * jnp.arange(1.0, 1.0 + ys.size).reshape(ys.shape))
-
-        x = (w, jnp.asarray(1.3), jnp.array([0.4, -0.9]), jnp.array([0.1, 0.7, 1.5, 2.0]))
-        grads = jax.grad(loss, argnums=(0, 1, 2, 3))(*x)
-        loss_jit = jax.jit(loss)
-        for i, g in enumerate(grads):
-            def along(v, i=i):
-                return loss_jit(*x[:i], v, *x[i + 1:])
-
-            np.testing.assert_allclose(np.asarray(g), central_fd(along, x[i]), rtol=1e-5, atol=1e-6)
-
-
-def test_engine_backsolve_matches_backpropagation():
-    """The continuous adjoint, solved backwards by the engine's own loop (per interval
-    between output times, restarting the state from the forward solution), gives the
-    gradients of the recursive adjoint (itself checked against finite differences above)
-    to the tolerance: parameters (closed over), `args`, `y0` and `ts`, including a
-    repeated time and a solve backwards in time."""
-    with jax.enable_x64(True):
-        w = jnp.array([[0.2, -0.7], [0.5, 0.1]])
-
-        def loss(w, a, y0, ts, adjoint):
-            f = lambda t, y, args: jnp.tanh(y @ w.T) * args + 0.1 * jnp.sin(t)  # noqa: E731
-            ys = nodekit.odeint(f, y0, ts, solver="tsit5", rtol=1e-10, atol=1e-12, args=a,
-                                adjoint=adjoint, engine="nodekit", max_steps=2000)
-            return jnp.sum(jnp.sin(ys) * jnp.arange(1.0, 1.0 + ys.size).reshape(ys.shape))
-
-        x = (w, jnp.asarray(1.3), jnp.array([0.4, -0.9]), jnp.array([2.0, 1.2, 1.2, 0.3, 0.0]))
-        back = jax.grad(loss, argnums=(0, 1, 2, 3))(*x, "backsolve")
-        rec = jax.grad(loss, argnums=(0, 1, 2, 3))(*x, "recursive")
-        for b, r in zip(back, rec):
-            np.testing.assert_allclose(np.asarray(b), np.asarray(r), rtol=1e-6, atol=1e-8)
-
-
 def test_engine_gradients_do_not_depend_on_the_stored_segments():
     """The backward pass keeps one segment of states and replays earlier segments along
     the stored step sizes: any segment size gives the gradient of storing every step
-    (the finite-difference test above covers a two-segment solve too)."""
+    (tests/test_odeint.py checks the default against finite differences)."""
     from nodekit._rk import rk_solve, segment_size
 
     with jax.enable_x64(True):
@@ -116,15 +75,20 @@ def test_engine_gradients_do_not_depend_on_the_stored_segments():
 
         def loss(w, y0, segment):
             f = lambda t, y, args: jnp.tanh(y @ w.T) + 0.1 * jnp.sin(t)  # noqa: E731
-            ys, st = rk_solve(f, y0, ts, None, solver="dopri5", rtol=1e-9, atol=1e-10,
-                              max_steps=64, segment=segment)
+            ys, st, _ = rk_solve(f, y0, ts, None, solver="dopri5", rtol=1e-9, atol=1e-10,
+                                 max_steps=64, segment=segment)
             return jnp.sum(jnp.cos(ys) * jnp.arange(1.0, 1.0 + ys.size).reshape(ys.shape)), st
 
         x = (w, jnp.array([0.4, -0.9]))
-        grads = {}
-        for segment in (64, 1, 5, None):
-            (_, st), g = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(*x, segment)
-            grads[segment] = g
+
+        @jax.jit
+        def all_segments(w, y0):  # one compiled program for the four segment sizes
+            return [jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(w, y0, s)
+                    for s in (64, 1, 5, None)]
+
+        out = all_segments(*x)
+        grads = dict(zip((64, 1, 5, None), (g for _, g in out)))
+        st = out[-1][0][1]
         assert int(st.num_accepted) > 2 * segment_size(64)  # several segments replayed
         for segment in (1, 5, None):
             for a, b in zip(grads[segment], grads[64]):
@@ -150,57 +114,6 @@ def test_engine_gradients_under_vmap_equal_per_sample_gradients():
             np.testing.assert_allclose(np.asarray(a[i]), np.asarray(b), rtol=1e-5, atol=1e-7)
 
 
-def test_engine_pytree_state():
-    y0 = {"a": jnp.array(1.0), "b": jnp.array([2.0, -1.0])}
-    ys = nodekit.odeint(lambda t, y, a: jax.tree_util.tree_map(lambda v: -v, y), y0,
-                        jnp.linspace(0, 1, 3), solver="tsit5", engine="nodekit")
-    np.testing.assert_allclose(np.asarray(ys["b"][-1]), np.exp(-1.0) * np.array([2.0, -1.0]),
-                               rtol=1e-5)
-
-
-def test_engine_choice_and_reasons():
-    y0 = jnp.ones(2)
-    pick = lambda **kw: engine_for(**{**dict(engine="auto", solver="dopri5",  # noqa: E731
-                                            adjoint="recursive", dt0=None, integrals=None,
-                                            checkpoints="auto", max_steps=4096, y0=y0), **kw})
-    assert pick() == ("nodekit", "supported")
-    assert pick(adjoint="backsolve", checkpoints=None) == ("nodekit", "supported")
-    # the engine keeps ~2 sqrt(max_steps) states: 40 kB states at max_steps 4096 fit
-    # (a max_steps buffer would be 160 MB)
-    assert pick(y0=jnp.ones(10**4)) == ("nodekit", "supported")
-    for kw, why in [(dict(solver="bosh3"), "solver 'bosh3'"),
-                    (dict(adjoint="direct"), "adjoint 'direct'"),
-                    (dict(dt0=0.1), "fixed step"),
-                    (dict(integrals="trapezoid"), "regularisers"),
-                    (dict(checkpoints=None), "checkpoints=None"),
-                    (dict(y0=jnp.ones(10**5)), "exceed 16 MiB"),
-                    (dict(engine="diffrax"), "asked for")]:
-        which, reason = pick(**kw)
-        assert which == "diffrax" and why in reason, (kw, reason)
-    under_vmap = []
-    jax.vmap(lambda y: under_vmap.append(pick(y0=y)) or y)(jnp.ones((3, 2)))
-    assert under_vmap[0][0] == "diffrax" and "vmapped" in under_vmap[0][1]
-    with pytest.raises(nodekit.InputError, match="engine='nodekit' cannot solve with adjoint 'direct'"):
-        nodekit.odeint(_linear, y0, jnp.linspace(0, 1, 3), args=jnp.asarray(A),
-                       adjoint="direct", engine="nodekit")
-    with pytest.raises(nodekit.InputError, match="unknown engine 'fast'"):
-        nodekit.odeint(_linear, y0, jnp.linspace(0, 1, 3), args=jnp.asarray(A), engine="fast")
-
-
-def test_engine_failures_come_back_as_result_codes():
-    ts = jnp.linspace(0, 1, 3)
-    _, st = nodekit.odeint(lambda t, y, a: y * jnp.nan, jnp.ones(2), ts, engine="nodekit",
-                           throw=False, return_stats=True, check=False)
-    assert result_name(int(st.result)) == "nonfinite" and int(st.num_steps) <= 2
-    with pytest.raises(nodekit.SolverError, match="non-finite"):
-        nodekit.odeint(lambda t, y, a: y * jnp.nan, jnp.ones(2), ts, engine="nodekit", check=False)
-    stiff = lambda t, y, a: -1e5 * (y - jnp.cos(t))  # noqa: E731
-    _, st = nodekit.odeint(stiff, jnp.ones(1), ts, engine="nodekit", max_steps=16, throw=False,
-                           return_stats=True)
-    assert result_name(int(st.result)) == "max_steps_reached"
-    assert int(st.num_steps) == 16
-
-
 def test_config_engine_nodekit_with_unsupported_settings_exits_2(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("solver: {name: bosh3, engine: nodekit}\ntrain: {steps: 2}\n")
@@ -208,19 +121,6 @@ def test_config_engine_nodekit_with_unsupported_settings_exits_2(tmp_path):
     assert r.returncode == 2
     assert "solver.engine" in r.stderr and "solver 'bosh3'" in r.stderr
     assert "Traceback" not in r.stderr
-
-
-def test_engine_zero_length_and_repeated_times():
-    """Times equal to the start (an ODE-RNN's first, zero-length solve) return y0, under
-    jit too, and their gradient is the identity."""
-    f = lambda t, y, a: -y  # noqa: E731
-    solve = jax.jit(lambda y0, ts: nodekit.odeint(f, y0, ts, engine="nodekit"))
-    y0 = jnp.array([1.0, 2.0])
-    np.testing.assert_allclose(np.asarray(solve(y0, jnp.array([0.5, 0.5]))), [[1, 2], [1, 2]])
-    ys = solve(y0, jnp.array([0.0, 0.0, 1.0, 1.0]))
-    np.testing.assert_allclose(np.asarray(ys[2:]), np.exp(-1.0) * np.array([[1, 2], [1, 2]]), rtol=1e-5)
-    g = jax.grad(lambda y0: jnp.sum(solve(y0, jnp.array([0.5, 0.5]))))(y0)
-    np.testing.assert_allclose(np.asarray(g), [2.0, 2.0])
 
 
 def test_written_out_constants_match_diffrax():
@@ -240,7 +140,10 @@ def test_written_out_constants_match_diffrax():
         np.testing.assert_allclose(pair.e, tab.b_error, rtol=0, atol=1e-16)
         for i, row in enumerate(tab.a_lower):
             np.testing.assert_array_equal(pair.a[i + 1, : len(row)], row)
-    assert list(RESULT_NAMES) == list(diffrax.RESULTS._name_to_item.keys())
+    # (nodekit's own codes follow Diffrax's)
+    names = [n for n in RESULT_NAMES if isinstance(getattr(diffrax.RESULTS, n, None),
+                                                   type(diffrax.RESULTS.successful))]
+    assert names == list(RESULT_NAMES[: len(names)]) and len(names) == 14
     for name, info in SOLVERS.items():
         if name == "euler":  # no tableau in Diffrax: one evaluation a step
             assert (info.evals_per_step, info.fsal) == (1, False)
@@ -268,3 +171,26 @@ def test_a_training_step_on_the_engine_does_not_import_diffrax():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_no_private_internals_or_process_wide_switches_in_the_solver_core():
+    """The house rule, checked on the source: no `jax._src`, no private Equinox module,
+    no cache clearing, no JAX config flags flipped in the solver core (the CLI sets
+    Equinox's documented `EQX_ON_ERROR` switch, and only by `setdefault`)."""
+    from pathlib import Path
+
+    import re
+
+    root = Path(nodekit.__file__).parent
+    banned = (r"jax\._src", r"equinox\._", r"clear_caches", r"^\s*jax\.config\.update\(",
+              r"\._value\b", r"import equinox\.internal")
+    core = ["_odeint.py", "_rk.py", "_diffrax_solve.py", "_settings.py", "_neural_ode.py",
+            "_fields.py", "_regularisers.py", "_quadrature.py", "_checks.py", "_step.py",
+            "_errors.py", *[f"models/{p.name}" for p in (root / "models").glob("*.py")]]
+    for name in core:
+        text = (root / name).read_text()
+        for pattern in banned:
+            assert not re.search(pattern, text, re.MULTILINE), (name, pattern)
+    assert 'os.environ.setdefault("EQX_ON_ERROR", "nan")' in (root / "cli.py").read_text()
+    setters = r"(os\.environ\[[\"']EQX_ON_ERROR|environ\.setdefault\([\"']EQX_ON_ERROR|putenv)"
+    assert not re.search(setters, "".join((root / n).read_text() for n in core))

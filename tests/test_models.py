@@ -39,7 +39,9 @@ def _train_and_check(loss_fn, model, *, steps, lr, key, n_coords=2):
     @eqx.filter_jit
     def step(model, opt_state, key):
         (loss, aux), grads = eqx.filter_value_and_grad(loss_fn, has_aux=True)(model, key)
-        updates, opt_state = optim.update(grads, opt_state, eqx.filter(model, eqx.is_inexact_array))
+        with jax.numpy_dtype_promotion("standard"):  # Optax mixes dtypes (see nodekit._step)
+            updates, opt_state = optim.update(grads, opt_state,
+                                              eqx.filter(model, eqx.is_inexact_array))
         return eqx.apply_updates(model, updates), opt_state, loss, aux, grads
 
     params, static = eqx.partition(model, eqx.is_inexact_array)

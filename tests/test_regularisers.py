@@ -1,6 +1,7 @@
 """Regularisers: closed forms on linear ODEs, Hutchinson statistics, jet against nested
 jvp, gradients against finite differences (both adjoints), batch modes, STEER, errors."""
 
+import functools
 import math
 
 import equinox as eqx
@@ -127,7 +128,7 @@ def test_trapezoid_quadrature_second_order_same_steps(x64):
     regs = (KineticEnergy(1.0), JacobianFrobenius(1.0), TaylorRK(1.0, 2), TaylorRK(1.0, 3))
     ts = jnp.array([0.0, T1])
 
-    @jax.jit
+    @functools.partial(jax.jit, static_argnums=2)  # dt0 is a setting: a Python float
     def fixed(y0, ts, dt0):
         return regularised_odeint(field, y0, ts, regs, solver="rk4", dt0=dt0)[1]
 

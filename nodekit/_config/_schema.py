@@ -721,8 +721,6 @@ _FIELD_TYPES = {
     "ude": ("mlp", "second_order", "python"),
 }
 _REGULARISED_TASKS = ("trajectory", "density", "ude")
-#: Tasks whose models take the solver's engine and checkpoint settings.
-_ENGINE_TASKS = ("trajectory", "density")
 #: Each task's own model section.
 _MODEL_SECTIONS = {"cnf": ("density",), "classifier": ("classification",),
                    "latent": ("latent",), "physics": ("ude",), "sparse_regression": ("ude",)}
@@ -979,15 +977,8 @@ def _check_lbfgs_loss(cfg: Config) -> None:
 
 def _check_engine(cfg: Config) -> None:
     """`solver.engine: nodekit` with settings the engine cannot run is a config error
-    (the state-size budget is checked when the model is solved); the classification,
-    latent and ude models do not yet take the engine and checkpoint settings."""
+    (the state-size budget is checked when the model is solved)."""
     s, reg = cfg.solver, cfg.regularisation
-    if cfg.task not in _ENGINE_TASKS:
-        for key, default in (("engine", "auto"), ("checkpoints", "auto")):
-            if getattr(s, key) != default:
-                raise ConfigError(f"solver.{key}", f"got {getattr(s, key)!r}: the {cfg.task} "
-                                                   f"task's models do not take it yet; leave "
-                                                   f"it {default!r}.")
     if s.engine != "nodekit":
         return
     import numpy as np

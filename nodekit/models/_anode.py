@@ -8,11 +8,18 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
+
 from .._errors import InputError
 from .._fields import MLPField
 from .._neural_ode import BATCH_MODES, NeuralODE
 from .._odeint import SolveStats
-from ._common import check_choice, check_int, check_positive, stats_aux
+from .._settings import SolveSettings
+from ._common import check_choice, check_int, check_positive, model_settings, solve, stats_aux
+
+#: The ANODE classifier's solve settings unless told otherwise (Dupont et al.'s loose
+#: tolerances).
+ANODE_SETTINGS = SolveSettings(rtol=1e-3, atol=1e-3, max_steps=1024)
 
 
 class ANODEClassifier(eqx.Module):
@@ -31,14 +38,21 @@ class ANODEClassifier(eqx.Module):
     - `width`, `depth`: the field's MLP (Dupont et al.: one hidden layer of 32, ReLU).
     - `activation`, `time_dependent`: of the field (see `nodekit.MLPField`).
     - `t1`: integration time (default 1.0).
-    - `solver`, `rtol`, `atol`, `dt0`, `adjoint`, `max_steps`: as in `nodekit.odeint`.
+    - `settings`: a `nodekit.SolveSettings` (default `ANODE_SETTINGS`: `rtol=atol=1e-3`,
+      `max_steps=1024`); keyword arguments `solver`, `rtol`, `atol`, `dt0`, `adjoint`,
+      `max_steps`, `checkpoints`, `engine` override single settings.
     - `key`: a `jax.random.PRNGKey` (keyword only).
 
     **Example:**
 
     ```python
-    model = ANODEClassifier(2, augment_dim=1, width=32, key=jax.random.PRNGKey(0))
+    import jax
+    import jax.numpy as jnp
+    from nodekit.models import ANODEClassifier, anode_loss
+
+    model = ANODEClassifier(2, augment_dim=1, width=8, key=jax.random.PRNGKey(0))
     pred, stats = model(jnp.array([0.3, -0.2]))        # scalar, stats.nfe
+    xs, labels = jnp.ones((4, 2)), jnp.array([1.0, -1.0, 1.0, -1.0])
     loss, aux = anode_loss(model, xs, labels)          # labels in {-1, +1}
     ```
     """
@@ -59,13 +73,9 @@ class ANODEClassifier(eqx.Module):
         activation: str = "relu",
         time_dependent: bool = False,
         t1: float = 1.0,
-        solver: str = "tsit5",
-        rtol: float = 1e-3,
-        atol: float = 1e-3,
-        dt0: float | None = None,
-        adjoint: str = "recursive",
-        max_steps: int = 1024,
-        key: jax.Array,
+        settings: SolveSettings | None = None,
+        key: PRNGKeyArray,
+        **overrides,
     ):
         check_int("ANODEClassifier", "in_size", in_size, 1)
         check_int("ANODEClassifier", "augment_dim", augment_dim, 0)
@@ -76,8 +86,8 @@ class ANODEClassifier(eqx.Module):
         size = in_size + augment_dim
         field = MLPField(size, width, depth, activation=activation,
                          time_dependent=time_dependent, key=kf)
-        self.ode = NeuralODE(field, solver=solver, rtol=rtol, atol=atol, dt0=dt0,
-                             adjoint=adjoint, max_steps=max_steps, augment_dim=augment_dim)
+        self.ode = NeuralODE(field, model_settings(ANODEClassifier, ANODE_SETTINGS, settings,
+                                                   overrides), augment_dim=augment_dim)
         self.readout = eqx.nn.Linear(size, "scalar", key=kr)
         self.in_size = in_size
         self.augment_dim = augment_dim
@@ -90,26 +100,39 @@ class ANODEClassifier(eqx.Module):
             raise InputError(f"{owner}: x must have shape {shape}, got {tuple(x.shape)}.")
         return x
 
-    def flow(self, x, ts, *, throw: bool = True):
+    @property
+    def settings(self) -> SolveSettings:
+        """The solve settings (held by `ode`)."""
+        return self.ode.settings
+
+    def flow(self, x: Float[ArrayLike, " in_size"], ts: Float[ArrayLike, " times"], *,
+             throw: bool = True):
         """The augmented trajectory `(len(ts), in_size + augment_dim)` from one input `x`
         (for plots of the flow), and the stats."""
         x = self._check_x(x, 1, "ANODEClassifier.flow")
         sol = self.ode.solve(ts, x, throw=throw)
         return sol.ys, sol.stats
 
-    def __call__(self, x, *, throw: bool = True) -> tuple[jax.Array, SolveStats]:
-        """The scalar prediction for one input `(in_size,)`, and the solve's stats."""
+    def _predict(self, x, throw: bool, vmap_size: int | None):
         x = self._check_x(x, 1, "ANODEClassifier")
-        sol = self.ode.solve(jnp.array([0.0, self.t1], x.dtype), x, throw=throw)
-        return self.readout(sol.ys[-1]), sol.stats
+        ys, stats = solve(self.ode, self.ode.field, self.ode.augment(x),
+                          jnp.array([0.0, self.t1], x.dtype), throw=throw, vmap_size=vmap_size,
+                          caller="ANODEClassifier")
+        return self.readout(ys[-1]), stats
 
-    def forward_batch(self, xs, *, mode: str = "vmap", throw: bool = True):
+    def __call__(self, x: Float[ArrayLike, " in_size"], *, throw: bool = True
+                 ) -> tuple[Float[Array, ""], SolveStats]:
+        """The scalar prediction for one input `(in_size,)`, and the solve's stats."""
+        return self._predict(x, throw, None)
+
+    def forward_batch(self, xs: Float[ArrayLike, "batch in_size"], *, mode: str = "vmap",
+                      throw: bool = True):
         """Predictions `(B,)` for inputs `(B, in_size)`, and stats (`(B,)` with
         `mode="vmap"`, scalar with `mode="joint"`)."""
         check_choice("batch mode", mode, BATCH_MODES)
         xs = self._check_x(xs, 2, "ANODEClassifier.forward_batch")
         if mode == "vmap":
-            return jax.vmap(lambda x: self(x, throw=throw))(xs)
+            return jax.vmap(lambda x: self._predict(x, throw, xs.shape[0]))(xs)
         sol = self.ode.solve_batch(jnp.array([0.0, self.t1], xs.dtype), xs, mode="joint",
                                    throw=throw)
         return jax.vmap(self.readout)(sol.ys[:, -1]), sol.stats
@@ -133,6 +156,13 @@ def anode_loss(
     **Example:**
 
     ```python
+    import equinox as eqx
+    import jax
+    import jax.numpy as jnp
+    from nodekit.models import ANODEClassifier, anode_loss
+
+    model = ANODEClassifier(2, augment_dim=1, width=8, key=jax.random.PRNGKey(0))
+    xs, ys = jnp.ones((4, 2)), jnp.array([1.0, -1.0, 1.0, -1.0])
     (loss, aux), grads = eqx.filter_value_and_grad(anode_loss, has_aux=True)(model, xs, ys)
     ```
     """

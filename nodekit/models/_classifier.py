@@ -10,18 +10,26 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
+
 from .._errors import InputError
 from .._fields import AbstractVectorField
 from .._neural_ode import BATCH_MODES, NeuralODE
 from .._odeint import SolveStats
+from .._settings import SolveSettings
 from ._common import (
     check_choice,
     check_int,
     check_ndim,
     check_positive,
     constant_stats,
+    model_settings,
+    solve,
     stats_aux,
 )
+
+#: The ODE-Net's solve settings unless told otherwise (Chen et al.'s MNIST tolerances).
+ODENET_SETTINGS = SolveSettings(rtol=1e-3, atol=1e-3, max_steps=1024)
 
 
 def _groups(channels: int) -> int:
@@ -50,6 +58,10 @@ class ConvField(AbstractVectorField):
     **Example:**
 
     ```python
+    import jax
+    import jax.numpy as jnp
+    from nodekit.models import ConvField
+
     field = ConvField(16, key=jax.random.PRNGKey(0))
     dh = field(0.0, jnp.zeros((16, 4, 4)), None)   # (16, 4, 4)
     ```
@@ -138,16 +150,22 @@ class ODENetClassifier(eqx.Module):
     - `width`: feature channels of the stem, the ODE block and the head.
     - `in_channels`: channels of the input image (default 1).
     - `t1`: integration time of the ODE block (default 1.0).
-    - `solver`, `rtol`, `atol`, `dt0`, `adjoint`, `max_steps`: the ODE block's solve, as
-      in `nodekit.odeint` (Chen et al. used `rtol = atol = 1e-3` for MNIST).
+    - `settings`: the ODE block's `nodekit.SolveSettings` (default `ODENET_SETTINGS`:
+      `rtol = atol = 1e-3` as Chen et al. used for MNIST, `max_steps=1024`); keyword
+      arguments `solver`, `rtol`, `atol`, `dt0`, `adjoint`, `max_steps`, `checkpoints`,
+      `engine` override single settings.
     - `key`: a `jax.random.PRNGKey` (keyword only).
 
     **Example:**
 
     ```python
-    model = ODENetClassifier(10, width=16, key=jax.random.PRNGKey(0))
+    import jax
+    import jax.numpy as jnp
+    from nodekit.models import ODENetClassifier
+
+    model = ODENetClassifier(10, width=8, key=jax.random.PRNGKey(0))
     logits, stats = model(jnp.zeros((1, 8, 8)))                    # (10,), stats.nfe
-    logits, stats = model.forward_batch(jnp.zeros((32, 1, 8, 8)))  # (32, 10)
+    logits, stats = model.forward_batch(jnp.zeros((4, 1, 8, 8)))   # (4, 10)
     ```
     """
 
@@ -165,13 +183,9 @@ class ODENetClassifier(eqx.Module):
         *,
         in_channels: int = 1,
         t1: float = 1.0,
-        solver: str = "tsit5",
-        rtol: float = 1e-3,
-        atol: float = 1e-3,
-        dt0: float | None = None,
-        adjoint: str = "recursive",
-        max_steps: int = 1024,
-        key: jax.Array,
+        settings: SolveSettings | None = None,
+        key: PRNGKeyArray,
+        **overrides,
     ):
         check_int("ODENetClassifier", "n_classes", n_classes, 2)
         check_int("ODENetClassifier", "width", width, 1)
@@ -179,30 +193,41 @@ class ODENetClassifier(eqx.Module):
         check_positive("ODENetClassifier", "t1", t1)
         ks, kf, kh = jax.random.split(key, 3)
         self.stem = _Stem(in_channels, width, key=ks)
-        self.ode = NeuralODE(
-            ConvField(width, time_dependent=True, key=kf),
-            solver=solver, rtol=rtol, atol=atol, dt0=dt0, adjoint=adjoint, max_steps=max_steps,
-        )
+        self.ode = NeuralODE(ConvField(width, time_dependent=True, key=kf),
+                             model_settings(ODENetClassifier, ODENET_SETTINGS, settings,
+                                            overrides))
         self.head = _Head(width, n_classes, key=kh)
         self.n_classes = n_classes
         self.in_channels = in_channels
         self.t1 = float(t1)
 
-    def features(self, image, *, throw: bool = True):
+    @property
+    def settings(self) -> SolveSettings:
+        """The ODE block's solve settings (held by `ode`)."""
+        return self.ode.settings
+
+    def features(self, image: Float[ArrayLike, "channels height width"], *,
+                 throw: bool = True):
         """The ODE block's output for one image: `(h(t1) of shape (width, H/2, W/2),
         stats)`."""
+        return self._features(image, throw, None)
+
+    def _features(self, image, throw: bool, _vmap_size: int | None):
         _check_image("ODENetClassifier", image, self.in_channels)
         h0 = self.stem(image)
-        sol = self.ode.solve(jnp.array([0.0, self.t1], h0.dtype), h0, throw=throw)
-        return sol.ys[-1], sol.stats
+        ys, stats = solve(self.ode, self.ode.field, h0, jnp.array([0.0, self.t1], h0.dtype),
+                          throw=throw, vmap_size=_vmap_size, caller="ODENetClassifier")
+        return ys[-1], stats
 
-    def __call__(self, image, *, throw: bool = True) -> tuple[jax.Array, SolveStats]:
+    def __call__(self, image: Float[ArrayLike, "channels height width"], *,
+                 throw: bool = True) -> tuple[Float[Array, " classes"], SolveStats]:
         """Logits `(n_classes,)` and the ODE block's `SolveStats` for one image
         `(in_channels, H, W)`."""
         h, stats = self.features(image, throw=throw)
         return self.head(h), stats
 
-    def forward_batch(self, images, *, mode: str = "vmap", throw: bool = True):
+    def forward_batch(self, images: Float[ArrayLike, "batch channels height width"], *,
+                      mode: str = "vmap", throw: bool = True):
         """Logits `(B, n_classes)` for images `(B, in_channels, H, W)`, and the stats.
 
         `mode="vmap"`: one solve per image (stats of shape `(B,)`); `mode="joint"`: the
@@ -211,7 +236,13 @@ class ODENetClassifier(eqx.Module):
         check_choice("batch mode", mode, BATCH_MODES)
         check_ndim("ODENetClassifier.forward_batch", "images", images, (4,), "(B, C, H, W)")
         if mode == "vmap":
-            return jax.vmap(lambda x: self(x, throw=throw))(images)
+            n = jnp.shape(images)[0]
+
+            def one(x):
+                h, stats = self._features(x, throw, n)
+                return self.head(h), stats
+
+            return jax.vmap(one)(images)
         _check_image("ODENetClassifier", images[0], self.in_channels)
         h0 = jax.vmap(self.stem)(images)
         sol = self.ode.solve_batch(jnp.array([0.0, self.t1], h0.dtype), h0, mode="joint",
@@ -236,7 +267,11 @@ class ResNetClassifier(eqx.Module):
     **Example:**
 
     ```python
-    resnet = ResNetClassifier(10, width=16, num_blocks=6, key=jax.random.PRNGKey(0))
+    import jax
+    from nodekit.models import ODENetClassifier, ResNetClassifier, count_params
+
+    key = jax.random.PRNGKey(0)
+    resnet = ResNetClassifier(10, width=16, num_blocks=6, key=key)
     count_params(resnet) > count_params(ODENetClassifier(10, 16, key=key))   # True
     ```
     """
@@ -290,7 +325,10 @@ def count_params(model) -> int:
     **Example:**
 
     ```python
-    count_params(ODENetClassifier(10, 16, key=key))   # a few thousand
+    import jax
+    from nodekit.models import ODENetClassifier, count_params
+
+    count_params(ODENetClassifier(10, 16, key=jax.random.PRNGKey(0)))   # a few thousand
     ```
     """
     leaves = jax.tree_util.tree_leaves(eqx.filter(model, eqx.is_inexact_array))
@@ -327,6 +365,13 @@ def classification_loss(
     **Example:**
 
     ```python
+    import equinox as eqx
+    import jax
+    import jax.numpy as jnp
+    from nodekit.models import ODENetClassifier, classification_loss
+
+    model = ODENetClassifier(10, 8, key=jax.random.PRNGKey(0))
+    images, labels = jnp.zeros((4, 1, 8, 8)), jnp.array([0, 1, 2, 3])
     (loss, aux), grads = eqx.filter_value_and_grad(classification_loss, has_aux=True)(
         model, images, labels)
     ```
@@ -340,5 +385,7 @@ def classification_loss(
     logits, stats = model.forward_batch(images, mode=mode, throw=throw)
     loss = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
     aux = stats_aux(stats, images.shape[0])
-    aux["accuracy"] = jnp.mean(jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+    predicted = jnp.argmax(logits, -1)
+    hits = predicted == jnp.asarray(labels).astype(predicted.dtype)
+    aux["accuracy"] = jnp.mean(hits).astype(jnp.float32)
     return loss, aux

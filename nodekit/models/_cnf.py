@@ -25,12 +25,25 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
+
 from .._errors import InputError
-from .._fields import MLPField
+from .._fields import JointField, MLPField, vmap_samples
 from .._neural_ode import BATCH_MODES, NeuralODE
 from .._odeint import SolveStats
 from .._regularisers import integration_of
-from ._common import check_choice, check_int, check_positive, solve, stats_aux
+from .._settings import SolveSettings
+from ._common import (
+    check_choice,
+    check_int,
+    check_positive,
+    model_settings,
+    solve,
+    stats_aux,
+)
+
+#: A CNF's solve settings unless told otherwise (FFJORD's `rtol = atol = 1e-5`).
+CNF_SETTINGS = SolveSettings(rtol=1e-5, atol=1e-5)
 
 #: Trace methods of `CNF`.
 TRACES = ("exact", "hutchinson")
@@ -73,7 +86,14 @@ class CNFDynamics(eqx.Module):
     **Example:**
 
     ```python
+    import jax
+    import jax.numpy as jnp
+    import nodekit
+    from nodekit.models import CNF
+
+    cnf = CNF.from_mlp(2, width=8, depth=1, key=jax.random.PRNGKey(0))
     dyn = cnf.dynamics(eps=None)
+    x = jnp.array([0.5, -1.0])
     ys = nodekit.odeint(dyn, (x, jnp.zeros(())), jnp.array([0.0, 1.0]))
     ```
     """
@@ -111,14 +131,12 @@ class _JointDynamics(eqx.Module):
     dynamics: CNFDynamics
 
     def __call__(self, t, state, args):
-        eps_axis = None if self.dynamics.eps is None else 0
-
         d = self.dynamics
-
-        def one(s, eps):
-            return CNFDynamics(d.field, eps, d.regularisers, d.trace)(t, s, args)
-
-        return jax.vmap(one, in_axes=(0, eps_axis))(state, self.dynamics.eps)
+        if d.eps is None:
+            return vmap_samples(d, t, state, args)
+        return vmap_samples(
+            lambda t, s, a, eps: CNFDynamics(d.field, eps, d.regularisers, d.trace)(t, s, a),
+            t, state, args, d.eps)
 
 
 class _StepQuadratureDynamics(eqx.Module):
@@ -147,13 +165,6 @@ def _without_regularisers(dyn):
     return CNFDynamics(dyn.field, dyn.eps, (), dyn.trace)
 
 
-class _BatchedField(eqx.Module):
-    field: Any
-
-    def __call__(self, t, y, args):
-        return jax.vmap(self.field, in_axes=(None, 0, None))(t, y, args)
-
-
 class CNF(eqx.Module):
     """A continuous normalising flow (FFJORD): data `x` at `t = 0` flows by
     `dy/dt = field(t, y, args)` to `z = y(t1)` with base density `N(0, I)`.
@@ -168,18 +179,24 @@ class CNF(eqx.Module):
     - `trace`: `"exact"` (the full Jacobian's trace; cost `d` JVPs per evaluation, for
       low dimensions) or `"hutchinson"` (unbiased `εᵀ J ε`, one VJP; needs a `key`).
     - `noise`: distribution of `ε`: `"gaussian"` or `"rademacher"`.
-    - `solver`, `rtol`, `atol`, `dt0`, `adjoint`, `max_steps`, `checkpoints`, `engine`: as
-      in `nodekit.odeint` (FFJORD used `rtol = atol = 1e-5`).
+    - `settings`: a `nodekit.SolveSettings` (default `CNF_SETTINGS`: FFJORD's `rtol =
+      atol = 1e-5`); keyword arguments `solver`, `rtol`, `atol`, `dt0`, `adjoint`,
+      `max_steps`, `checkpoints`, `engine` override single settings.
 
     **Raises:** `InputError` for an unknown trace, noise or solver name.
 
     **Example:**
 
     ```python
-    cnf = CNF.from_mlp(2, width=64, depth=2, trace="hutchinson", key=jax.random.PRNGKey(0))
+    import jax
+    import jax.numpy as jnp
+    from nodekit.models import CNF, nll
+
+    cnf = CNF.from_mlp(2, width=8, depth=1, trace="hutchinson", key=jax.random.PRNGKey(0))
     logp, stats = cnf.log_prob(jnp.array([0.5, -1.0]), jax.random.PRNGKey(1))
+    xs = jax.random.normal(jax.random.PRNGKey(4), (8, 2))
     loss, aux = nll(cnf, xs, jax.random.PRNGKey(2), mode="joint")
-    samples, stats = cnf.sample(jax.random.PRNGKey(3), 1000)   # (1000, 2)
+    samples, stats = cnf.sample(jax.random.PRNGKey(3), 16)   # (16, 2)
     ```
     """
 
@@ -197,20 +214,12 @@ class CNF(eqx.Module):
         t1: float = 1.0,
         trace: str = "exact",
         noise: str = "gaussian",
-        solver: str = "tsit5",
-        rtol: float = 1e-5,
-        atol: float = 1e-5,
-        dt0: float | None = None,
-        adjoint: str = "recursive",
-        max_steps: int = 4096,
-        checkpoints: int | str | None = "auto",
-        engine: str = "auto",
+        settings: SolveSettings | None = None,
+        **overrides,
     ):
         check_int("CNF", "data_size", data_size, 1)
         check_positive("CNF", "t1", t1)
-        self.ode = NeuralODE(field, solver=solver, rtol=rtol, atol=atol, dt0=dt0,
-                             adjoint=adjoint, max_steps=max_steps, checkpoints=checkpoints,
-                             engine=engine)
+        self.ode = NeuralODE(field, model_settings(CNF, CNF_SETTINGS, settings, overrides))
         self.data_size = data_size
         self.t1 = float(t1)
         self.trace = trace
@@ -228,7 +237,7 @@ class CNF(eqx.Module):
         depth: int = 2,
         *,
         activation: str = "tanh",
-        key: jax.Array,
+        key: PRNGKeyArray,
         **kwargs,
     ) -> "CNF":
         """A CNF whose flow is a time-dependent `nodekit.MLPField` (`t` is an input);
@@ -246,10 +255,13 @@ class CNF(eqx.Module):
         """
         if trace == self.trace:
             return self
-        o = self.ode
-        return CNF(o.field, self.data_size, t1=self.t1, trace=trace, noise=self.noise,
-                   solver=o.solver, rtol=o.rtol, atol=o.atol, dt0=o.dt0, adjoint=o.adjoint,
-                   max_steps=o.max_steps, checkpoints=o.checkpoints, engine=o.engine)
+        return CNF(self.field, self.data_size, t1=self.t1, trace=trace, noise=self.noise,
+                   settings=self.settings)
+
+    @property
+    def settings(self) -> SolveSettings:
+        """The solve settings (held by `ode`)."""
+        return self.ode.settings
 
     @property
     def field(self):
@@ -299,9 +311,10 @@ class CNF(eqx.Module):
     # ------------------------------------------------------------- densities
 
     def log_prob_and_penalties(
-        self, x, key: jax.Array | None = None, regularisers: tuple = (), *, args=None,
-        throw: bool = True, t1=None, quadrature: str = "trapezoid",
-    ) -> tuple[jax.Array, jax.Array, SolveStats]:
+        self, x: Float[ArrayLike, " data_size"], key: PRNGKeyArray | None = None,
+        regularisers: tuple = (), *, args=None, throw: bool = True, t1=None,
+        quadrature: str = "trapezoid",
+    ) -> tuple[Float[Array, ""], Float[Array, " regularisers"], SolveStats]:
         """`log p(x)`, the regularisers' integrals and the solve's stats, for one sample.
 
         **Arguments:**
@@ -327,36 +340,40 @@ class CNF(eqx.Module):
         **Returns:** `(logp, penalties, stats)`; `penalties` has shape
         `(len(regularisers),)`.
         """
+        return self._log_prob_and_penalties(x, key, regularisers, args, throw, t1, quadrature,
+                                            None)
+
+    def _log_prob_and_penalties(self, x, key, regularisers, args, throw, t1, quadrature,
+                                vmap_size):
         x = self._check_x("log_prob", x, 1)
         eps = self._noise_or_none("log_prob", key, x.shape, x.dtype)
         regularisers = tuple(regularisers)
         z, a, penalties, stats = self._solve_flow(
             lambda dyn: dyn, eps, regularisers, (x, jnp.zeros((), x.dtype)),
             jnp.zeros(len(regularisers), x.dtype), self._times(t1, x.dtype), args, throw,
-            quadrature)
+            quadrature, vmap_size)
         return standard_normal_log_prob(z) + a, penalties, stats
 
-    def _solve_flow(self, wrap, eps, regularisers, state, r0, ts, args, throw, quadrature):
+    def _solve_flow(self, wrap, eps, regularisers, state, r0, ts, args, throw, quadrature,
+                    vmap_size=None):
         """Solve the flow from `state = (y, a)` with the regularisers' integrals starting
         at `r0`; `wrap` turns a `CNFDynamics` into the field on that state (identity for
         one sample, `_JointDynamics` for a batch). Returns `(y(t1), a(t1), r(t1), stats)`."""
         integrals = integration_of(quadrature, regularisers)  # validates `quadrature`
+        kw = dict(args=args, throw=throw, vmap_size=vmap_size, caller="CNF")
         if not regularisers:
-            ys, stats = solve(self.ode, wrap(self.dynamics(eps, ())), state, ts, args=args,
-                              throw=throw)
+            ys, stats = solve(self.ode, wrap(self.dynamics(eps, ())), state, ts, **kw)
             return ys[0][-1], ys[1][-1], r0, stats
         full = wrap(self.dynamics(eps, regularisers))
         if integrals != "trapezoid":
-            ys, stats = solve(self.ode, full, (*state, r0), ts, args=args, throw=throw,
-                              integrals=integrals)
+            ys, stats = solve(self.ode, full, (*state, r0), ts, integrals=integrals, **kw)
             return ys[0][-1], ys[1][-1], ys[2][-1], stats
         func = _StepQuadratureDynamics(full)
-        ((y, a), r), stats = solve(self.ode, func, (state, r0), ts, args=args, throw=throw,
-                                   integrals="trapezoid")
+        ((y, a), r), stats = solve(self.ode, func, (state, r0), ts, integrals="trapezoid", **kw)
         return y[-1], a[-1], r[-1], stats
 
-    def log_prob(self, x, key: jax.Array | None = None, *, args=None, throw: bool = True
-                 ) -> tuple[jax.Array, SolveStats]:
+    def log_prob(self, x: Float[ArrayLike, " data_size"], key: PRNGKeyArray | None = None, *,
+                 args=None, throw: bool = True) -> tuple[Float[Array, ""], SolveStats]:
         """`(log p(x), stats)` for one data point `x` of shape `(data_size,)`.
 
         `key` draws the Hutchinson noise (required for `trace="hutchinson"`).
@@ -364,7 +381,13 @@ class CNF(eqx.Module):
         **Example:**
 
         ```python
+        import jax
+        import jax.numpy as jnp
+        from nodekit.models import CNF
+
+        cnf = CNF.from_mlp(2, width=8, depth=1, key=jax.random.PRNGKey(0))
         logp, stats = cnf.log_prob(jnp.zeros(2))            # trace="exact"
+        grid = jnp.stack(jnp.meshgrid(jnp.linspace(-1, 1, 3), jnp.linspace(-1, 1, 3)), -1).reshape(-1, 2)
         logps, _ = jax.vmap(cnf.log_prob)(grid)             # a density image
         ```
         """
@@ -372,7 +395,8 @@ class CNF(eqx.Module):
         return logp, stats
 
     def log_prob_batch(
-        self, xs, key: jax.Array | None = None, regularisers: tuple = (), *,
+        self, xs: Float[ArrayLike, "batch data_size"], key: PRNGKeyArray | None = None,
+        regularisers: tuple = (), *,
         mode: str = "vmap", args=None, throw: bool = True, t1=None,
         quadrature: str = "trapezoid",
     ) -> tuple[jax.Array, jax.Array, SolveStats]:
@@ -390,9 +414,8 @@ class CNF(eqx.Module):
         if mode == "vmap":
             keys = None if key is None else jax.random.split(key, n)
             return jax.vmap(
-                lambda x, k: self.log_prob_and_penalties(x, k, regularisers, args=args,
-                                                         throw=throw, t1=t1,
-                                                         quadrature=quadrature),
+                lambda x, k: self._log_prob_and_penalties(x, k, regularisers, args, throw, t1,
+                                                          quadrature, n),
                 in_axes=(0, None if keys is None else 0),
             )(xs, keys)
         eps = self._noise_or_none("log_prob_batch", key, xs.shape, xs.dtype)
@@ -402,14 +425,15 @@ class CNF(eqx.Module):
             throw, quadrature)
         return jax.vmap(standard_normal_log_prob)(z) + a, penalties, stats
 
-    def sample(self, key: jax.Array, n: int, *, args=None, throw: bool = True
-               ) -> tuple[jax.Array, SolveStats]:
+    def sample(self, key: PRNGKeyArray, n: int, *, args=None, throw: bool = True
+               ) -> tuple[Float[Array, "n data_size"], SolveStats]:
         """`n` samples `(n, data_size)`: draw `z ~ N(0, I)` and solve the flow backwards
         from `t1` to 0 (the batch as one state), and the solve's stats."""
         check_int("CNF.sample", "n", n, 1)
         z = jax.random.normal(key, (n, self.data_size))
         ts = jnp.array([self.t1, 0.0], z.dtype)
-        ys, stats = solve(self.ode, _BatchedField(self.field), z, ts, args=args, throw=throw)
+        ys, stats = solve(self.ode, JointField(self.field), z, ts, args=args, throw=throw,
+                          caller="CNF.sample")
         return ys[-1], stats
 
 
@@ -451,6 +475,14 @@ def nll(
     **Example:**
 
     ```python
+    import jax
+    import jax.numpy as jnp
+    import nodekit
+    from nodekit.models import CNF, nll
+
+    cnf = CNF.from_mlp(2, width=8, depth=1, key=jax.random.PRNGKey(0))
+    xs, key = jax.random.normal(jax.random.PRNGKey(1), (8, 2)), jax.random.PRNGKey(2)
+    kinetic, jacobian = nodekit.KineticEnergy(1.0), nodekit.JacobianFrobenius(1.0)
     loss, aux = nll(cnf, xs, key, mode="joint", regularisers=(kinetic, jacobian))
     total = loss + 0.01 * aux["penalties"][0] + 0.01 * aux["penalties"][1]
     ```

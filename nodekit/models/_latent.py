@@ -15,21 +15,28 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from jaxtyping import ArrayLike, Float, PRNGKeyArray
+
 from .._errors import InputError
 from .._fields import MLPField, get_activation
 from .._neural_ode import NeuralODE
 from .._odeint import SolveStats
+from .._settings import SolveSettings
 from ._common import (
     add_stats,
     check_choice,
     check_int,
     check_positive,
+    model_settings,
     solve,
     solve_from,
     stats_aux,
     sum_stats,
     zero_stats,
 )
+
+#: A latent ODE's solve settings unless told otherwise (loose: the data are noisy).
+LATENT_SETTINGS = SolveSettings(rtol=1e-3, atol=1e-4, max_steps=1024)
 
 #: Encoders of `LatentODE`: the ODE-RNN (the hidden state flows by an ODE between
 #: observations) or a GRU told the time gaps (`Δt` as an extra input).
@@ -150,16 +157,25 @@ class LatentODE(eqx.Module):
       al.'s latent ODE demo; no solves in the encoder).
     - `activation`: of the fields' MLPs (a name from `nodekit.ACTIVATIONS`).
     - `decoder_width`, `decoder_depth`: the decoder MLP (depth 0 = linear).
-    - `solver`, `rtol`, `atol`, `dt0`, `adjoint`, `max_steps`: every solve (latent and
-      ODE-RNN), as in `nodekit.odeint`.
+    - `settings`: the `nodekit.SolveSettings` of every solve (latent and ODE-RNN; default
+      `LATENT_SETTINGS`: `rtol=1e-3`, `atol=1e-4`, `max_steps=1024`); keyword arguments
+      `solver`, `rtol`, `atol`, `dt0`, `adjoint`, `max_steps`, `checkpoints`, `engine`
+      override single settings.
     - `key`: a `jax.random.PRNGKey` (keyword only).
 
     **Example:**
 
     ```python
-    model = LatentODE(2, latent_size=4, key=jax.random.PRNGKey(0))
-    loss, aux = elbo(model, times, values, mask, key)          # values (B, T, 2)
-    pred, stats = model.predict(times, values[0], mask[0], jnp.linspace(0, 6, 100))
+    import jax
+    import jax.numpy as jnp
+    from nodekit.models import LatentODE, elbo
+
+    times = jnp.linspace(0.0, 2.0, 6)
+    values = jnp.sin(times)[None, :, None] * jnp.ones((3, 6, 2))   # (B, T, D)
+    mask = jnp.ones((3, 6))
+    model = LatentODE(2, latent_size=4, hidden_size=8, width=8, key=jax.random.PRNGKey(0))
+    loss, aux = elbo(model, times, values, mask, jax.random.PRNGKey(1))
+    pred, stats = model.predict(times, values[0], mask[0], jnp.linspace(0, 6, 20))
     ```
     """
 
@@ -185,13 +201,9 @@ class LatentODE(eqx.Module):
         activation: str = "tanh",
         decoder_width: int = 20,
         decoder_depth: int = 1,
-        solver: str = "tsit5",
-        rtol: float = 1e-3,
-        atol: float = 1e-4,
-        dt0: float | None = None,
-        adjoint: str = "recursive",
-        max_steps: int = 1024,
-        key: jax.Array,
+        settings: SolveSettings | None = None,
+        key: PRNGKeyArray,
+        **overrides,
     ):
         for name, value, low in (("data_size", data_size, 1), ("latent_size", latent_size, 1),
                                  ("hidden_size", hidden_size, 1), ("width", width, 1),
@@ -199,18 +211,17 @@ class LatentODE(eqx.Module):
                                  ("decoder_depth", decoder_depth, 0)):
             check_int("LatentODE", name, value, low)
         check_choice("encoder", encoder, ENCODERS)
-        settings = dict(solver=solver, rtol=rtol, atol=atol, dt0=dt0, adjoint=adjoint,
-                        max_steps=max_steps)
+        settings = model_settings(LatentODE, LATENT_SETTINGS, settings, overrides)
         kc, ke, kl, kf, kd = jax.random.split(key, 5)
         extra = 1 if encoder == "gru" else 0
         self.encoder_cell = eqx.nn.GRUCell(2 * data_size + extra, hidden_size, key=kc)
         self.encoder_ode = (
-            NeuralODE(MLPField(hidden_size, width, depth, activation=activation, key=ke), **settings)
+            NeuralODE(MLPField(hidden_size, width, depth, activation=activation, key=ke), settings)
             if encoder == "ode_rnn" else None
         )
         self.to_latent = eqx.nn.Linear(hidden_size, 2 * latent_size, key=kl)
         self.ode = NeuralODE(MLPField(latent_size, width, depth, activation=activation, key=kf),
-                             **settings)
+                             settings)
         self.decoder = eqx.nn.MLP(latent_size, data_size, decoder_width, decoder_depth,
                                   activation=get_activation(activation), key=kd)
         self.data_size = data_size
@@ -218,7 +229,13 @@ class LatentODE(eqx.Module):
         self.hidden_size = hidden_size
         self.encoder = encoder
 
-    def encode(self, times, values, mask, *, throw: bool = True):
+    @property
+    def settings(self) -> SolveSettings:
+        """The solve settings of every solve (held by `ode`)."""
+        return self.ode.settings
+
+    def encode(self, times: Float[ArrayLike, " T"], values: Float[ArrayLike, "T D"],
+               mask: Float[ArrayLike, "T *D"], *, throw: bool = True):
         """The approximate posterior of `z` at `times[0]` for one sequence.
 
         **Arguments:** `times (T,)`, `values (T, D)`, `mask (T, D)` or `(T,)`.
@@ -233,7 +250,8 @@ class LatentODE(eqx.Module):
         mean, logvar = jnp.split(self.to_latent(h), 2)
         return mean, jnp.exp(0.5 * logvar), stats
 
-    def decode(self, z0, ts, *, t0=None, throw: bool = True):
+    def decode(self, z0: Float[ArrayLike, " latent"], ts: Float[ArrayLike, " times"], *,
+               t0: Float[ArrayLike, ""] | None = None, throw: bool = True):
         """Decoded observations `(len(ts), D)` of the latent trajectory from `z0` at `t0`
         (default `ts[0]`), and the solve's stats."""
         if t0 is None:
@@ -293,6 +311,14 @@ def elbo(
     **Example:**
 
     ```python
+    import jax
+    import jax.numpy as jnp
+    from nodekit.models import LatentODE, elbo
+
+    times = jnp.linspace(0.0, 2.0, 6)
+    values = jnp.sin(times)[None, :, None] * jnp.ones((3, 6, 2))   # (B, T, D)
+    mask = jnp.ones((3, 6))
+    model = LatentODE(2, 4, 8, 8, encoder="gru", key=jax.random.PRNGKey(0))
     loss, aux = elbo(model, times, values, mask, jax.random.PRNGKey(1), obs_std=0.3)
     ```
     """
@@ -345,9 +371,16 @@ class RNNBaseline(eqx.Module):
     **Example:**
 
     ```python
-    rnn = RNNBaseline(2, hidden_size=25, key=jax.random.PRNGKey(0))
+    import jax
+    import jax.numpy as jnp
+    from nodekit.models import RNNBaseline, rnn_loss
+
+    times = jnp.linspace(0.0, 2.0, 6)
+    values = jnp.sin(times)[None, :, None] * jnp.ones((3, 6, 2))   # (B, T, D)
+    mask = jnp.ones((3, 6))
+    rnn = RNNBaseline(2, hidden_size=8, key=jax.random.PRNGKey(0))
     loss, aux = rnn_loss(rnn, times, values, mask)
-    pred, _ = rnn.predict(times, values[0], mask[0], jnp.linspace(0, 6, 100))
+    pred, _ = rnn.predict(times, values[0], mask[0], jnp.linspace(0, 6, 20))
     ```
     """
 
@@ -417,7 +450,14 @@ def rnn_loss(
     **Example:**
 
     ```python
-    loss, aux = rnn_loss(rnn, times, values, mask)
+    import jax
+    import jax.numpy as jnp
+    from nodekit.models import RNNBaseline, rnn_loss
+
+    times = jnp.linspace(0.0, 2.0, 6)
+    values = jnp.sin(times)[None, :, None] * jnp.ones((3, 6, 2))   # (B, T, D)
+    mask = jnp.ones((3, 6))
+    loss, aux = rnn_loss(RNNBaseline(2, 8, 8, key=jax.random.PRNGKey(0)), times, values, mask)
     ```
     """
     check_positive("rnn_loss", "obs_std", obs_std)
@@ -466,7 +506,15 @@ def predict(
     **Example:**
 
     ```python
-    pred, stats = predict(model, times, values, mask, jnp.linspace(0.0, 10.0, 200))
+    import jax
+    import jax.numpy as jnp
+    from nodekit.models import LatentODE, predict
+
+    times = jnp.linspace(0.0, 2.0, 6)
+    values = jnp.sin(times)[None, :, None] * jnp.ones((3, 6, 2))   # (B, T, D)
+    mask = jnp.ones((3, 6))
+    model = LatentODE(2, 4, 8, 8, encoder="gru", key=jax.random.PRNGKey(0))
+    pred, stats = predict(model, times, values, mask, jnp.linspace(0.0, 4.0, 20))
     ```
     """
     if jnp.ndim(values) == 2:

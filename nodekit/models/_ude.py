@@ -10,10 +10,15 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
+
 from .._errors import InputError
 from .._fields import AbstractVectorField, MLPField
 from .._neural_ode import NeuralODE, Solution
-from ._common import check_int, stats_aux
+from .._settings import SolveSettings
+from ._common import check_int, model_settings, stats_aux
+
+_DEFAULTS = SolveSettings()
 
 
 class UDEField(AbstractVectorField):
@@ -22,7 +27,12 @@ class UDEField(AbstractVectorField):
     **Example:**
 
     ```python
-    field = UDEField(lambda t, y, args: -0.5 * y, nodekit.MLPField(2, 16, key=key))
+    import jax
+    import jax.numpy as jnp
+    import nodekit
+    from nodekit.models import UDEField
+
+    field = UDEField(lambda t, y, args: -0.5 * y, nodekit.MLPField(2, 16, key=jax.random.PRNGKey(0)))
     dy = field(0.0, jnp.ones(2), None)
     ```
     """
@@ -43,15 +53,28 @@ class AbstractUDE(eqx.Module):
     **Example:**
 
     ```python
+    import jax
+    import jax.numpy as jnp
+    import nodekit
+    from nodekit.models import AbstractUDE, UDEField
+
     class Damped(AbstractUDE):          # a concrete UDE: declare `ode`, build it in __init__
         ode: nodekit.NeuralODE
 
         def __init__(self, key):
-            self.ode = nodekit.NeuralODE(UDEField(lambda t, y, a: -y, nodekit.MLPField(2, 8, key=key)))
+            field = UDEField(lambda t, y, a: -y, nodekit.MLPField(2, 8, key=key))
+            self.ode = nodekit.NeuralODE(field)
+
+    ys = Damped(jax.random.PRNGKey(0))(jnp.linspace(0.0, 1.0, 3), jnp.ones(2))
     ```
     """
 
     ode: eqx.AbstractVar[NeuralODE]
+
+    @property
+    def settings(self) -> SolveSettings:
+        """The solve settings (held by `ode`)."""
+        return self.ode.settings
 
     @property
     def known(self):
@@ -68,11 +91,13 @@ class AbstractUDE(eqx.Module):
         missing physics); `vmap` it over a batch of states."""
         return self.neural(t, jnp.asarray(y), args)
 
-    def solve(self, ts, y0, *, args=None, throw: bool = True) -> Solution:
+    def solve(self, ts: Float[ArrayLike, " times"], y0: Float[ArrayLike, " d"], *, args=None,
+              throw: bool = True) -> Solution:
         """Solve from one `y0` at `ts[0]`; a `Solution` with `ys (len(ts), d)` and stats."""
         return self.ode.solve(ts, y0, args=args, throw=throw)
 
-    def __call__(self, ts, y0, *, args=None):
+    def __call__(self, ts: Float[ArrayLike, " times"], y0: Float[ArrayLike, " d"], *,
+                 args=None) -> Float[Array, "times d"]:
         """The trajectory `(len(ts), d)` from one `y0`."""
         return self.solve(ts, y0, args=args).ys
 
@@ -88,11 +113,18 @@ class UDE(AbstractUDE):
       fixed).
     - `neural`: the learned term `neural(t, y, args) -> dy/dt`, e.g.
       `nodekit.MLPField(d, width=32, key=key)`.
-    - `solver`, `rtol`, `atol`, `dt0`, `adjoint`, `max_steps`: as in `nodekit.odeint`.
+    - `settings`: a `nodekit.SolveSettings` (its defaults when omitted); keyword arguments
+      `solver`, `rtol`, `atol`, `dt0`, `adjoint`, `max_steps`, `checkpoints`, `engine`
+      override single settings.
 
     **Example:**
 
     ```python
+    import jax
+    import jax.numpy as jnp
+    import nodekit
+    from nodekit.models import UDE
+
     decay = lambda t, y, args: -0.5 * y
     ude = UDE(decay, nodekit.MLPField(2, width=16, key=jax.random.PRNGKey(0)))
     ys = ude(jnp.linspace(0, 1, 10), jnp.array([1.0, 2.0]))     # (10, 2)
@@ -106,12 +138,8 @@ class UDE(AbstractUDE):
         known,
         neural,
         *,
-        solver: str = "tsit5",
-        rtol: float = 1e-6,
-        atol: float = 1e-8,
-        dt0: float | None = None,
-        adjoint: str = "recursive",
-        max_steps: int = 4096,
+        settings: SolveSettings | None = None,
+        **overrides,
     ):
         for name, f in (("known", known), ("neural", neural)):
             if not callable(f):
@@ -119,8 +147,8 @@ class UDE(AbstractUDE):
                     f"UDE {name} must be callable as {name}(t, y, args), got "
                     f"{type(f).__name__}."
                 )
-        self.ode = NeuralODE(UDEField(known, neural), solver=solver, rtol=rtol, atol=atol,
-                             dt0=dt0, adjoint=adjoint, max_steps=max_steps)
+        self.ode = NeuralODE(UDEField(known, neural),
+                             model_settings(UDE, _DEFAULTS, settings, overrides))
 
 
 class LotkaVolterraKnown(AbstractVectorField):
@@ -135,6 +163,9 @@ class LotkaVolterraKnown(AbstractVectorField):
     **Example:**
 
     ```python
+    import jax.numpy as jnp
+    from nodekit.models import LotkaVolterraKnown
+
     known = LotkaVolterraKnown(1.3, 1.8)
     known(0.0, jnp.array([1.0, 1.0]), None)   # [1.3, -1.8]
     ```
@@ -183,14 +214,21 @@ class LotkaVolterraUDE(AbstractUDE):
     - `width`, `depth`, `activation`: the network (an autonomous `nodekit.MLPField` on
       the 2-D state). Rackauckas et al. used width 5 to 32 with RBF/tanh activations.
     - `alpha`, `delta`: the known rates; `learn_known`: also fit them (default `False`).
-    - `solver`, `rtol`, `atol`, `dt0`, `adjoint`, `max_steps`: as in `nodekit.odeint`.
+    - `settings`: a `nodekit.SolveSettings`; keyword arguments `solver`, `rtol`, `atol`,
+      `dt0`, `adjoint`, `max_steps`, `checkpoints`, `engine` override single settings.
     - `key`: a `jax.random.PRNGKey` (keyword only).
 
     **Example:**
 
     ```python
-    ude = LotkaVolterraUDE(width=32, key=jax.random.PRNGKey(0))
+    import jax
+    import jax.numpy as jnp
+    from nodekit.models import LotkaVolterraUDE, trajectory_loss
+
+    ude = LotkaVolterraUDE(width=8, key=jax.random.PRNGKey(0))
+    ts, observations = jnp.linspace(0.0, 1.0, 5), jnp.ones((5, 2))
     loss, aux = trajectory_loss(ude, ts, jnp.array([0.44, 4.6]), observations)
+    states = jnp.ones((3, 2))
     learned = jax.vmap(ude.missing_term)(states)      # compare with the true interaction
     ```
     """
@@ -206,20 +244,16 @@ class LotkaVolterraUDE(AbstractUDE):
         delta: float = 1.8,
         learn_known: bool = False,
         activation: str = "tanh",
-        solver: str = "tsit5",
-        rtol: float = 1e-6,
-        atol: float = 1e-8,
-        dt0: float | None = None,
-        adjoint: str = "recursive",
-        max_steps: int = 4096,
-        key: jax.Array,
+        settings: SolveSettings | None = None,
+        key: PRNGKeyArray,
+        **overrides,
     ):
         check_int("LotkaVolterraUDE", "width", width, 1)
         check_int("LotkaVolterraUDE", "depth", depth, 0)
         known = LotkaVolterraKnown(alpha, delta, learnable=learn_known)
         neural = MLPField(2, width, depth, activation=activation, key=key)
-        self.ode = NeuralODE(UDEField(known, neural), solver=solver, rtol=rtol, atol=atol,
-                             dt0=dt0, adjoint=adjoint, max_steps=max_steps)
+        self.ode = NeuralODE(UDEField(known, neural),
+                             model_settings(LotkaVolterraUDE, _DEFAULTS, settings, overrides))
 
 
 def trajectory_loss(
@@ -240,6 +274,12 @@ def trajectory_loss(
     **Example:**
 
     ```python
+    import jax
+    import jax.numpy as jnp
+    from nodekit.models import LotkaVolterraUDE, trajectory_loss
+
+    ude = LotkaVolterraUDE(width=8, key=jax.random.PRNGKey(0))
+    ts, y0, observations = jnp.linspace(0.0, 1.0, 5), jnp.array([0.44, 4.6]), jnp.ones((5, 2))
     loss, aux = trajectory_loss(ude, ts, y0, observations)
     ```
     """

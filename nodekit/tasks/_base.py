@@ -107,8 +107,3 @@ class AbstractTask(abc.ABC):
         return {"loss": "training loss (per batch)",
                 "eval_loss": "evaluation loss (held-out or whole-data solve)",
                 "state_names": self.state_names}
-
-    def integrator(self) -> tuple[str, str]:
-        """`(name, reason)`: which integrator the run's solves use and why (written to
-        `summary.json` and each metrics row). Default: not reported."""
-        return "unknown", "not reported"

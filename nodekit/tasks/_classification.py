@@ -181,7 +181,7 @@ class ClassificationTask(AbstractTask):
 
         cfg = self.config
         f, c, aug = cfg.model.field, cfg.model.classifier, cfg.model.augment_dim
-        solve = solve_kwargs(cfg, full=False)
+        solve = solve_kwargs(cfg)
         if self.kind == "odenet":
             model = ODENetClassifier(self.n_classes, f.width, in_channels=self.train_x.shape[1],
                                      t1=c.t1, key=key, **solve)

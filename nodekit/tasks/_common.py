@@ -53,15 +53,11 @@ def regulariser_names(regularisers) -> list[str]:
     return [_REG_NAMES.get(type(r).__name__, type(r).__name__) for r in regularisers]
 
 
-def solve_kwargs(config: Config, *, full: bool = True) -> dict:
-    """The solver settings as keyword arguments; `full=False` leaves out `checkpoints`
-    and `engine`, which some models' constructors do not take yet."""
-    s = config.solver
-    out = dict(solver=s.name, rtol=s.rtol, atol=s.atol, dt0=s.dt0, adjoint=s.adjoint,
-               max_steps=s.max_steps)
-    if full:
-        out.update(checkpoints=s.checkpoints, engine=s.engine)
-    return out
+def solve_kwargs(config: Config) -> dict:
+    """The config's solver settings as keyword arguments of a solve or a model."""
+    from .._settings import SolveSettings
+
+    return dict(settings=SolveSettings.from_config(config.solver))
 
 
 def eval_mode(config: Config) -> str:

@@ -139,7 +139,7 @@ class LatentTask(AbstractTask):
             model = LatentODE(self.data_size, lt.latent_size, lt.hidden_size, f.width, f.depth,
                               encoder=lt.encoder, activation=f.activation,
                               decoder_width=lt.decoder_width, decoder_depth=lt.decoder_depth,
-                              key=key, **solve_kwargs(self.config, full=False))
+                              key=key, **solve_kwargs(self.config))
         return cast_floats(model, self.dtype)
 
     def batch(self, step: int):

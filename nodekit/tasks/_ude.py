@@ -220,7 +220,7 @@ class UDETask(AbstractTask):
         from ..models import UDE
 
         neural = make_field(self.config, self.size, key, self.dtype, self.user)
-        return UDE(self._physics(), neural, **solve_kwargs(self.config, full=False))
+        return UDE(self._physics(), neural, **solve_kwargs(self.config))
 
     def batch(self, step: int):
         from ..data import batch_indices
