@@ -278,6 +278,8 @@ class _Sweep:
         self.t_first: float | None = None
         self.writer = True
         self.first_key: dict = {}
+        self.before: dict = {}
+        self.earlier_groups: list = []
 
     def say(self, text: str) -> None:
         self.console.say(text)
@@ -286,6 +288,13 @@ class _Sweep:
 
     def accept(self) -> list[Member]:
         self.writer = jax.process_index() == 0
+        earlier = None if self.restart else read_json(self.wd / "sweep.json", "sweep.json")
+        earlier = earlier if isinstance(earlier, dict) else {}
+        self.before = {m.get("name"): m for m in earlier.get("members", [])
+                       if isinstance(m, dict)}
+        # the programs of earlier calls whose members ended then (kept in sweep.json)
+        self.earlier_groups = [g for g in earlier.get("groups", []) + earlier.get(
+            "earlier_groups", []) if isinstance(g, dict)]
         todo = []
         for m in self.members:
             if not self.restart and self._ended_before(m):
@@ -308,6 +317,7 @@ class _Sweep:
             return False  # (train.steps grew: the run continues)
         m.skipped, m.summary, m.status = True, s, s["status"]
         m.message = s.get("message")
+        m.group = self.before.get(m.name, {}).get("group")
         return True
 
     def _check_checkpoint(self, m: Member) -> None:
@@ -376,10 +386,12 @@ class _Sweep:
         self.say(f"sweep of {n} member{'s' * (n != 1)} in {self.wd}"
                  + (f"; {len(skipped)} ended before (not retrained)" if skipped else ""))
         queue = list(groups)
-        self._describe(queue)
+        # group ids go on from the earlier calls' (a member's group names one program)
+        gid = max([g.get("id", 0) for g in self.earlier_groups
+                   if isinstance(g.get("id"), int)] + [0])
+        self._describe(queue, gid)
         self.write()
         stop = None
-        gid = 0
         while queue:
             g = queue.pop(0)
             gid += 1
@@ -407,15 +419,16 @@ class _Sweep:
                                 "and each member's summary.json say why.", status="failed")
         return summary
 
-    def _describe(self, groups) -> None:
+    def _describe(self, groups, before: int) -> None:
         if not groups:
             return
         first = self.first_key = groups[0].key
-        for i, g in enumerate(groups, 1):
+        for i, g in enumerate(groups, before + 1):
             traced = ", ".join(g.traced) or "nothing (one member)"
-            diff = config_diff(first, g.key, limit=4) if i > 1 else ""
+            diff = config_diff(first, g.key, limit=4) if i > before + 1 else ""
             self.say(f"group {i}: {len(g.members)} member(s) in one program; on the ensemble "
-                     f"axis: {traced}" + (f"; differs from group 1 in {diff}" if diff else ""))
+                     f"axis: {traced}"
+                     + (f"; differs from group {before + 1} in {diff}" if diff else ""))
 
     def _run_group(self, g, queue, gid):
         ens = Ensemble(g, self.mesh, self.say, self.restart)
@@ -459,8 +472,7 @@ class _Sweep:
                 "partition": ens.partition, "compile_s": ens.compile_s,
                 "step_time_median_s": float(np.median(times)) if times else None,
                 "step_source": getattr(ens.compiled, "source", None),
-                "differs_from_group_1": (config_diff(self.first_key, g.key, limit=8)
-                                         if g.id > 1 else "")}
+                "differs_from_first_group": config_diff(self.first_key, g.key, limit=8)}
 
     # -- files
 
@@ -487,6 +499,7 @@ class _Sweep:
             status = "partial"
         else:
             status = "failed"
+        skipped = {m.name for m in self.members if m.skipped}
         grid = {}
         for m in self.members:
             for k, v in m.values.items():
@@ -498,6 +511,8 @@ class _Sweep:
             "members": members,
             "grid": grid,
             "groups": self.groups,
+            "earlier_groups": [g for g in self.earlier_groups
+                               if any(n in skipped for n in g.get("members", []))],
             "devices": 1 if getattr(self, "mesh", None) is None else int(self.mesh.devices.size),
             "config_hash": self.base.hash(),
             "wall_time_s": time.perf_counter() - self.t_start,

@@ -289,7 +289,7 @@ def test_a_resumed_sweep_ends_bitwise_like_the_uninterrupted_one(swept, tmp_path
 
 @pytest.mark.slow
 def test_cli_sweep_end_to_end(tmp_path):
-    from helpers import run_cli
+    from .helpers import run_cli
 
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(yaml.safe_dump({**BASE, "precision": "float32"}))
