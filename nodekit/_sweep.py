@@ -23,7 +23,7 @@ import jax
 import numpy as np
 
 from . import _signals
-from ._build import init_distributed
+from ._build import init_distributed, is_out_of_memory
 from ._checkpoint import config_diff, hashed_config, read_header
 from ._config import Config, validate
 from ._config._load import _yaml_value
@@ -82,6 +82,7 @@ def sweep(config: Config | dict | str | Path, workdir: str | Path, *,
     **Example:**
 
     ```python
+    # not run: compiles the ensemble step (about 20 s on 2 CPU cores)
     import nodekit
 
     config = nodekit.load_config("tiny", ["train.steps=4", "train.plots=false"])
@@ -455,6 +456,22 @@ class _Sweep:
             if self.t_first is None and ens.step_times:
                 self.t_first = ens.members[0].run.t_first
             ens.finish()
+        except jax.errors.JaxRuntimeError as e:
+            ens.close()
+            if not is_out_of_memory(e):
+                raise
+            first = str(e).strip().splitlines()[0][:300]
+            fault = TrainingFault(
+                f"out of memory in group {gid} ({len(g.members)} members in one program: "
+                f"{first}). Sweep fewer values at once (members share the device's memory), "
+                "use a smaller train.batch_size or model, or spread the members over more "
+                "devices (train.devices). Each member keeps its last checkpoint; rerun to "
+                "resume.", status="out_of_memory")
+            for m in g.members:
+                if m.status == "running":
+                    m.status, m.message = "out_of_memory", str(fault)
+            self.write(final=True)
+            raise fault from None
         except BaseException:
             ens.close()
             raise

@@ -23,6 +23,9 @@ import yaml
 import nodekit
 from nodekit._checkpoint import payload_arrays, read_header
 
+# one worker runs them all (the module's sweep fixture is built once)
+pytestmark = pytest.mark.xdist_group("sweep")
+
 BASE = {
     "precision": "float64",
     "data": {"n_points": 100, "batch_time": 5},
