@@ -30,6 +30,7 @@ BENCHMARKS = {
     "scaling": ("benchmarks.bench_scaling", True),
     "regularisers": ("benchmarks.bench_regularisers", True),
     "devices": ("benchmarks.bench_devices", True),
+    "sweep": ("benchmarks.bench_sweep", True),
 }
 
 

@@ -58,6 +58,7 @@ if TYPE_CHECKING:
     from ._build import enable_compile_cache as enable_compile_cache
     from ._load_run import Run as Run, load as load
     from ._loop import train as train
+    from ._sweep import sweep as sweep
     from ._signals import Stopped as Stopped
     from ._optim import make_optimizer as make_optimizer
     from ._step import make_step as make_step
@@ -79,6 +80,7 @@ _LAZY = {
     "make_optimizer": ("._optim", "make_optimizer"),
     "make_step": ("._step", "make_step"),
     "train": ("._loop", "train"),
+    "sweep": ("._sweep", "sweep"),
     "load": ("._load_run", "load"),
     "Run": ("._load_run", "Run"),
     "Stopped": ("._signals", "Stopped"),

@@ -43,7 +43,8 @@ from ._checkpoint import (
     save_checkpoint,
 )
 from ._config import Config, dump_yaml, load_config, validate
-from ._errors import CheckpointError, InputError, SolverError, TrainingFault, solver_failure_message
+from ._errors import (CheckpointError, ConfigError, InputError, SolverError, TrainingFault,
+                      solver_failure_message)
 from ._io import take_notes
 from ._odeint import result_name
 from ._optim import make_optimizer
@@ -354,6 +355,10 @@ def _train(config, workdir, *, restart: bool = False, init_from=None, progress=N
     t_start = time.perf_counter()
     with _signals.guard():
         config = _as_config(config)
+        if config.sweep is not None:
+            how = "nodekit sweep CONFIG" if cli else "nodekit.sweep(config, workdir)"
+            raise ConfigError("sweep", f"this config describes a sweep of runs; train it with "
+                                       f"{how}, or remove the sweep section to train one run.")
         init_distributed(config)  # before anything computes
         mode = console or _console_mode(config, progress)
         with jax.enable_x64(config.precision == "float64"):
@@ -397,6 +402,18 @@ class _Run:
 
     def accept(self):
         cfg = self.config
+        self.accept_task()
+        self.mesh, self.batch_sharding, self.replicated = setup_devices(cfg)
+        self.single = self.mesh.devices.size == 1
+        shapes = state_shapes(self.task, self.optim, self.seed, split=True)
+        check_memory(cfg, shapes, self.mesh.devices.flat[0])
+        if self.init_from is not None:
+            self._read_init_from(shapes)
+
+    def accept_task(self):
+        """The part of phase 1 a sweep member shares: the task (its data loaded and
+        checked), the optimiser, the seed and the integrator; writes nothing."""
+        cfg = self.config
         self.t_accept = time.perf_counter()
         self.console.hold()
         self.console.later(f"loading data and building the {cfg.task} task")
@@ -405,18 +422,12 @@ class _Run:
         for text in take_notes():  # e.g. a data cache entry that did not verify
             self.note(text)
         _signals.raise_if_stopped("before training started; nothing was written")
-        self.mesh, self.batch_sharding, self.replicated = setup_devices(cfg)
-        self.single = self.mesh.devices.size == 1
         self.writer = jax.process_index() == 0
         self.optim = make_optimizer(cfg.optimizer, cfg.train.steps)
         self.seed = np.uint32(cfg.seed)
-        shapes = state_shapes(self.task, self.optim, self.seed, split=True)
-        check_memory(cfg, shapes, self.mesh.devices.flat[0])
         # which integrator the training step's solves use: known once it is traced
         # (or loaded from the step cache, which stores it), see compile()
         self.integrator = ("unknown", "the training step was not built")
-        if self.init_from is not None:
-            self._read_init_from(shapes)
 
     def _read_init_from(self, shapes) -> None:
         src = Workdir(self.init_from)
@@ -477,7 +488,23 @@ class _Run:
     # ------------------------------------------------------------ phase 2: open the run
 
     def open(self):
-        wd, cfg = self.wd, self.config
+        cfg = self.config
+        self.open_workdir()
+        model, opt_state, self.train_key = build_state(self.task, self.optim, self.seed, split=True)
+        self.console.say(f"data loaded, {cfg.task} task built "
+                         f"({time.perf_counter() - self.t_accept:.1f}s)")
+        model, opt_state = self.start_state(model, opt_state)
+        self.console.release()  # the input is accepted: say what happened so far
+        if not self.single:
+            model, opt_state = eqx.filter_shard((model, opt_state), self.replicated)
+        self.model0, self.opt_state0 = model, opt_state
+        _signals.raise_if_stopped(f"at step {self.start} before training resumed",
+                                  step=self.start)
+        self.open_logs()
+
+    def open_workdir(self):
+        """Create and lock the workdir (and move a previous run aside for `restart`)."""
+        wd = self.wd
         if self.writer:
             wd.open()
             self.opened = True
@@ -487,9 +514,11 @@ class _Run:
                 moved = wd.move_aside()
                 if moved:
                     self.note(moved)
-        model, opt_state, self.train_key = build_state(self.task, self.optim, self.seed, split=True)
-        self.console.say(f"data loaded, {cfg.task} task built "
-                         f"({time.perf_counter() - self.t_accept:.1f}s)")
+
+    def start_state(self, model, opt_state):
+        """The state training starts from: this run's own checkpoint (a resume), the
+        `init_from` run's arrays, or the fresh `(model, opt_state)` given."""
+        wd = self.wd
         if not self.restart and wd.has_checkpoint():
             (model, opt_state), header = self._resume(model, opt_state)
             self.start = self.done = header["step"]
@@ -504,12 +533,12 @@ class _Run:
             model, opt_state = self._apply_init_from(model, opt_state)
         else:
             self.console.say(f"starting a new run in {wd.path}")
-        self.console.release()  # the input is accepted: say what happened so far
-        if not self.single:
-            model, opt_state = eqx.filter_shard((model, opt_state), self.replicated)
-        self.model0, self.opt_state0 = model, opt_state
-        _signals.raise_if_stopped(f"at step {self.start} before training resumed",
-                                  step=self.start)
+        return model, opt_state
+
+    def open_logs(self):
+        """Open the metric logs (dropping rows past the checkpoint) and write
+        `config.yaml` (and `normalisation.json`)."""
+        wd, cfg = self.wd, self.config
         if self.writer:
             self.log = MetricsLog(wd, cfg.train.metrics, self.start)
             if self.log.dropped:
@@ -673,7 +702,6 @@ class _Run:
         state = self.state
         pending = None  # (step, metrics, state_before, state_after)
         last_done = self.t_step_start
-        integrator = self.integrator[0]
         for step in range(start, total + 1):
             if step < total:
                 batch = self._batch(step)
@@ -685,28 +713,12 @@ class _Run:
                 now = time.perf_counter()
                 host["step_time_s"] = now - last_done
                 last_done = now
-                if self.t_first is None:
-                    self.t_first = now - _signals.PROCESS_START
-                    self.first_step_s = now - self.t_step_start
-                else:
-                    self.step_times.append(host["step_time_s"])
-                self.state = p_before
-                self._check(p_step, host, p_before)
-                self.state = p_after
-                done = self.done = p_step + 1
-                row = self._row(p_step, host, integrator)
-                self.acc.add(row)
-                logged = p_step % cfg.log_every == 0 or p_step == total - 1
-                if logged and self.log is not None:
-                    self.log.train_row(row)
-                self.console.step(done, row["loss"], row.get("nfe_forward"), logged)
-                if done % cfg.eval_every == 0 or done == total:
+                done, logged = self.record_step(p_step, host, p_before, p_after, now)
+                if self.eval_due(done):
                     self._eval(self.compiled.unflatten(p_after)[0], done, write=True)
-                    if self.last_eval.get("eval_loss", math.inf) < self.best:
-                        self.best = self.last_eval["eval_loss"]
-                        self.save(self.wd.best, p_after, done)
+                    self.keep_best(p_after, done)
                 stop = self._stop_requested(done, logged)
-                if done % cfg.checkpoint_every == 0 or done == total or stop:
+                if self.checkpoint_due(done) or stop:
                     self.save(self.wd.latest, p_after, done)
                 if stop:
                     self.stop_name = stop
@@ -716,6 +728,45 @@ class _Run:
                 pending = (step, m, state, new_state)
                 state = new_state
         self.console.close()
+
+    # Each finished step's host work, shared with the members of a sweep (`_ensemble`),
+    # whose state arrays are the member's slice of the ensemble's.
+
+    def record_step(self, step: int, host: dict, before, after, now: float) -> tuple[int, bool]:
+        """Account for finished step `step` (its metrics `host`, the state `before` and
+        `after` it): timing, guards (which raise on a fault, after saving `before`),
+        the metrics row and the console. Returns `(steps done, whether it was logged)`."""
+        cfg = self.config.train
+        if self.t_first is None:
+            self.t_first = now - _signals.PROCESS_START
+            self.first_step_s = now - self.t_step_start
+        else:
+            self.step_times.append(host["step_time_s"])
+        self.state = before
+        self._check(step, host, before)
+        self.state = after
+        done = self.done = step + 1
+        row = self._row(step, host, self.integrator[0])
+        self.acc.add(row)
+        logged = step % cfg.log_every == 0 or step == cfg.steps - 1
+        if logged and self.log is not None:
+            self.log.train_row(row)
+        self.console.step(done, row["loss"], row.get("nfe_forward"), logged)
+        return done, logged
+
+    def eval_due(self, done: int) -> bool:
+        cfg = self.config.train
+        return done % cfg.eval_every == 0 or done == cfg.steps
+
+    def checkpoint_due(self, done: int) -> bool:
+        cfg = self.config.train
+        return done % cfg.checkpoint_every == 0 or done == cfg.steps
+
+    def keep_best(self, leaves, done: int) -> None:
+        """Save `leaves` as `best.nkc` when the last evaluation is the best so far."""
+        if self.last_eval.get("eval_loss", math.inf) < self.best:
+            self.best = self.last_eval["eval_loss"]
+            self.save(self.wd.best, leaves, done)
 
     def _stop_requested(self, done: int, logged: bool) -> str | None:
         """The stop signal to act on after `done` steps. Several processes (multi-host)
@@ -795,7 +846,10 @@ class _Run:
             )
 
     def _eval(self, model, step: int, write: bool) -> None:
-        ev = _to_host(self.eval_fn(_local(model)))
+        self.record_eval(step, _to_host(self.eval_fn(_local(model))), write)
+
+    def record_eval(self, step: int, ev: dict, write: bool) -> None:
+        """Keep evaluation metrics `ev` (after `step` steps); with `write`, log them."""
         self.last_eval = ev
         self.console.eval(step, ev)
         if write and self.log is not None:
@@ -942,12 +996,12 @@ class _Run:
         raise Stopped(message, signal_name=name, step=self.done if self.opened else None,
                       summary=summary)
 
-    def _fault_summary(self, fault: BaseException) -> None:
+    def _fault_summary(self, fault: BaseException) -> dict | None:
         status = getattr(fault, "status", "fault")
         try:
-            self.summary(status, fault, plots=status in ("nonfinite", "solver_failure"))
+            return self.summary(status, fault, plots=status in ("nonfinite", "solver_failure"))
         except OSError:
-            pass  # a full disk: the previous summary.json stays as it was
+            return None  # a full disk: the previous summary.json stays as it was
 
     def _write_fault(self, e: OSError) -> TrainingFault:
         what = e.filename or "a run file"

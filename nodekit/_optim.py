@@ -11,9 +11,15 @@ from ._config import LBFGS_KWARGS, OptimizerConfig
 from ._errors import InputError
 
 
-def make_optimizer(cfg: OptimizerConfig, total_steps: int) -> optax.GradientTransformation:
+def make_optimizer(cfg: OptimizerConfig, total_steps: int, *,
+                   learning_rate=None) -> optax.GradientTransformation:
     """An Optax optimiser from its config: name, learning rate and schedule, gradient
     clipping, weight decay and extra keyword arguments.
+
+    `learning_rate` replaces `cfg.learning_rate` (the peak of its schedule) and may be a
+    traced scalar: a sweep builds each member's optimiser inside its compiled step with
+    the member's rate as an input, the same formulation as a single run (which passes
+    the config's number), so members with different rates share one program.
 
     **Example:**
 
@@ -28,22 +34,22 @@ def make_optimizer(cfg: OptimizerConfig, total_steps: int) -> optax.GradientTran
     training step passes (see `step_body`); the config refuses schedules, clipping,
     weight decay, minibatches and noisy losses with it.
     """
+    peak = cfg.learning_rate if learning_rate is None else learning_rate
     if cfg.name == "lbfgs":
         opts = {**LBFGS_KWARGS, **{k: int(v) for k, v in cfg.kwargs.items()}}
         linesearch = optax.scale_by_zoom_linesearch(
             max_linesearch_steps=opts["max_linesearch_steps"], initial_guess_strategy="one")
-        return optax.lbfgs(cfg.learning_rate, memory_size=opts["memory_size"],
-                           linesearch=linesearch)
-    lr: Any = cfg.learning_rate
+        return optax.lbfgs(peak, memory_size=opts["memory_size"], linesearch=linesearch)
+    lr: Any = peak
     if cfg.schedule == "cosine":
-        lr = optax.cosine_decay_schedule(cfg.learning_rate, total_steps, alpha=cfg.decay_rate)
+        lr = optax.cosine_decay_schedule(peak, total_steps, alpha=cfg.decay_rate)
     elif cfg.schedule == "warmup_cosine":
         lr = optax.warmup_cosine_decay_schedule(
-            0.0, cfg.learning_rate, max(cfg.warmup_steps, 1), max(total_steps, cfg.warmup_steps + 1),
-            end_value=cfg.learning_rate * cfg.decay_rate,
+            0.0, peak, max(cfg.warmup_steps, 1), max(total_steps, cfg.warmup_steps + 1),
+            end_value=peak * cfg.decay_rate,
         )
     elif cfg.schedule == "exponential":
-        lr = optax.exponential_decay(cfg.learning_rate, total_steps, cfg.decay_rate)
+        lr = optax.exponential_decay(peak, total_steps, cfg.decay_rate)
     kwargs = dict(cfg.kwargs)
     if cfg.name == "adamw":
         kwargs.setdefault("weight_decay", cfg.weight_decay)

@@ -54,6 +54,24 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--no-progress", action="store_true", help="no live progress bar")
     t.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
 
+    w = sub.add_parser("sweep", help="train a grid of configs and seeds, many members per "
+                                     "compiled program")
+    w.add_argument("config", help="YAML config file or a built-in config's name (its sweep: "
+                                  "section, if any, gives the default grid and seeds)")
+    w.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                   help="values of a config key to sweep, e.g. --grid "
+                        "optimizer.learning_rate=1e-3,3e-3 (repeatable: every combination)")
+    w.add_argument("--seeds", type=int, metavar="N",
+                   help="seeds per grid point: the config's seed, seed+1, ... (default 1)")
+    w.add_argument("--workdir", help="sweep folder, one sub-folder per member (default: "
+                                     "runs/<config name>-sweep)")
+    w.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value for every member (repeatable)")
+    w.add_argument("--restart", action="store_true",
+                   help="start every member afresh (previous runs moved aside)")
+    w.add_argument("--no-progress", action="store_true", help="no live progress bar")
+    w.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+
     v = sub.add_parser("validate", help="check a config and print the resolved one")
     v.add_argument("config", help="YAML config file or a built-in config's name")
     v.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -100,12 +118,57 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _cmd_sweep(args) -> int:
+    from . import _signals
+    from ._config import load_config
+    from ._sweep import _sweep, parse_grid
+
+    config = load_config(args.config, args.overrides)
+    grid = parse_grid(args.grid)
+    _signals.raise_if_stopped("before the sweep started; nothing was written")
+    from ._build import enable_compile_cache
+
+    if config.train.compile_cache:
+        enable_compile_cache()  # process-wide: the command owns the process
+    workdir = Path(args.workdir) if args.workdir else Path("runs") / f"{Path(args.config).stem}-sweep"
+    bar = config.train.progress and not args.no_progress and sys.stderr.isatty()
+    summary = _sweep(config, workdir, grid=grid or None, seeds=args.seeds, restart=args.restart,
+                     console="bar" if bar else "lines", cli=True)
+    members = summary["members"]
+    ok = sum(m["status"] == "ok" for m in members)
+    print(f"done: {ok} of {len(members)} members ok in {len(summary['groups'])} program(s), "
+          f"wall time {summary['wall_time_s']:.1f} s")
+    from ._sweep import sweep_table
+
+    print(sweep_table(members, list(summary["grid"])))
+    print(f"sweep:   {workdir / 'sweep.json'}")
+    for p in [summary.get("table")] + summary.get("plots", []):
+        if p:
+            print(f"table:   {p}" if p.endswith(".md") else f"plot:    {p}")
+    return 0
+
+
 def _cmd_validate(args) -> int:
     from ._config import dump_yaml, load_config
 
     config = load_config(args.config, args.overrides)
     from .tasks import make_task
 
+    if config.sweep is not None:  # every member's config and data, as nodekit sweep checks them
+        import yaml
+
+        from ._sweep import plan_members
+
+        members = plan_members(config, Path("."))
+        for m in members:
+            make_task(m.config)
+        sys.stdout.write(dump_yaml(config))
+        sys.stdout.write(yaml.safe_dump({"sweep": config.sweep.model_dump(mode="json")},
+                                        sort_keys=False))
+        print(f"# ok: {args.config} is a valid sweep of {len(members)} member(s): "
+              f"{', '.join(m.name for m in members[:8])}{' ...' if len(members) > 8 else ''}",
+              file=sys.stderr)
+        return 0
     make_task(config)  # the data and the user's code: checked as train checks them
     sys.stdout.write(dump_yaml(config))
     print(f"# ok: {args.config} is valid (config hash {config.hash()})", file=sys.stderr)
@@ -149,8 +212,8 @@ def _cmd_info(args) -> int:
 
 
 #: The commands, by name (each has its own `--help`).
-COMMANDS = {"train": _cmd_train, "validate": _cmd_validate, "reproduce": _cmd_reproduce,
-            "info": _cmd_info}
+COMMANDS = {"train": _cmd_train, "sweep": _cmd_sweep, "validate": _cmd_validate,
+            "reproduce": _cmd_reproduce, "info": _cmd_info}
 
 
 def main(argv: list[str] | None = None) -> int:

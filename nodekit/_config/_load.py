@@ -80,6 +80,10 @@ def validate(raw: Any, *, base_dir: str | Path | None = None) -> Config:
     if want is not None and isinstance(raw.get("data", {}), dict) and "name" not in raw.get("data", {}):
         raw = {**raw, "data": {"name": want[0], **raw.get("data", {})}}  # the task's default data
     base = Path(base_dir).resolve() if base_dir is not None else Path.cwd()
+    sweep = None
+    if "sweep" in raw:  # for nodekit sweep: checked here, kept beside the run's config
+        raw = dict(raw)
+        sweep = _validate_sweep(raw.pop("sweep"), raw)
     try:
         cfg = Config.model_validate(raw, context={"base_dir": base})
     except pydantic.ValidationError as e:
@@ -88,7 +92,36 @@ def validate(raw: Any, *, base_dir: str | Path | None = None) -> Config:
         first = next((x for x in errors if x["type"] != "missing"), errors[0])
         raise _format_error(first, raw) from None
     cfg._base_dir = base
+    cfg._sweep = sweep
     return cfg
+
+
+def _validate_sweep(data: Any, raw: dict):
+    """The `sweep:` section as a `SweepConfig` (its members are checked by
+    `nodekit.sweep`, which validates each member's config like this one)."""
+    from ._schema import SweepConfig
+
+    if data is None:
+        return None
+    if not isinstance(data, dict):
+        raise ConfigError("sweep", f"must be a mapping (grid, seeds), got {type(data).__name__}.")
+    try:
+        sweep = SweepConfig.model_validate(data)
+    except pydantic.ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        inner = (err.get("ctx") or {}).get("error")
+        if isinstance(inner, ConfigError):
+            raise ConfigError(".".join(p for p in ("sweep", loc, inner.path) if p),
+                              inner.message) from None
+        if err["type"] == "extra_forbidden":
+            raise ConfigError(f"sweep.{loc}", f"unknown key {loc!r} under sweep. Allowed keys: "
+                                              f"{', '.join(SweepConfig.model_fields)}.") from None
+        msg = err["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"sweep.{loc}".rstrip("."),
+                          f"got {err.get('input')!r}: {msg}.".replace("..", ".")) from None
+    sweep._raw = json.loads(json.dumps(raw))
+    return sweep
 
 
 #: Where the built-in configs live (shipped inside the package).

@@ -709,6 +709,69 @@ class RegularisationConfig(_Strict):
     _short = field_validator("kinetic", "jacobian", "taylor", mode="before")(_weight_shorthand)
 
 
+# ----------------------------------------------------------------- sweeps
+
+
+#: Most members one sweep may have (grid points x seeds).
+MAX_SWEEP_MEMBERS = 10_000
+#: Keys a sweep cannot vary: the sweep's own settings, where it runs, and what every
+#: member must share to train as one program (`nodekit.sweep`).
+UNSWEPT_KEYS = ("sweep", "distributed", "train.devices", "train.progress",
+                "train.compile_cache")
+
+
+class SweepConfig(_Strict):
+    """A sweep (`nodekit sweep CONFIG`, `nodekit.sweep`): every combination of the
+    `grid`'s values, each trained with `seeds` seeds (the config's `seed`, `seed + 1`,
+    ...), each member a run of the config with those values set.
+
+    - `grid`: dotted config keys (as `--set` takes them) to lists of values, e.g.
+      `{"optimizer.learning_rate": [1e-3, 3e-3], "regularisation.kinetic": [0, 0.01]}`.
+    - `seeds`: seeds per grid point (a grid over `seed` itself takes 1 here).
+
+    The section belongs to `nodekit sweep`; `nodekit train` refuses a config holding
+    it, and `nodekit validate` checks every member.
+    """
+
+    grid: dict[str, list[Any]] = {}
+    seeds: PosInt = Field(1, le=MAX_SWEEP_MEMBERS)
+
+    _raw: dict | None = PrivateAttr(None)  # the base config's raw data (members start there)
+
+    @field_validator("grid")
+    @classmethod
+    def _keys_and_values(cls, v):
+        for key, values in v.items():
+            parts = key.split(".")
+            if not all(p.strip() == p and p for p in parts):
+                raise ConfigError(key, "must be a dotted config key, e.g. "
+                                                 "optimizer.learning_rate.")
+            fixed = next((u for u in UNSWEPT_KEYS if key == u or key.startswith(u + ".")), None)
+            if fixed is not None:
+                raise ConfigError(key, f"{fixed} cannot be swept: every member of a "
+                                                 "sweep shares it; set it for the whole sweep.")
+            if not values:
+                raise ConfigError(key, "give at least one value.")
+            _check_plain_values(values, key)
+            dup = next((x for i, x in enumerate(values) if x in values[:i]), None)
+            if dup is not None:
+                raise ConfigError(key, f"lists {dup!r} twice; give each value once.")
+        return v
+
+    @model_validator(mode="after")
+    def _size(self):
+        if "seed" in self.grid and self.seeds != 1:
+            raise ConfigError("seeds", f"got {self.seeds}, and grid.seed lists seeds too; give "
+                                       "the seeds in one place.")
+        n = self.seeds
+        for values in self.grid.values():
+            n *= len(values)
+        if n > MAX_SWEEP_MEMBERS:
+            raise ConfigError("grid", f"{n} members (grid points x seeds): at most "
+                                      f"{MAX_SWEEP_MEMBERS}; split the sweep.")
+        return self
+
+
 # ----------------------------------------------------------------- the run
 
 
@@ -755,6 +818,13 @@ class Config(_Strict):
     distributed: DistributedConfig = DistributedConfig()
 
     _base_dir: Path | None = PrivateAttr(None)
+    _sweep: SweepConfig | None = PrivateAttr(None)
+
+    @property
+    def sweep(self) -> SweepConfig | None:
+        """The config's `sweep:` section (for `nodekit sweep`), or `None`. Not part of
+        `to_dict()` or the hash: each member's resolved config is a plain run's."""
+        return self._sweep
 
     @property
     def base_dir(self) -> Path | None:
