@@ -104,7 +104,7 @@ def _cmd_validate(args) -> int:
 
 def _cmd_reproduce(args) -> int:
     from ._errors import InputError, unknown_name_message
-    from .experiments import EXPERIMENTS, run_experiment
+    from .experiments import EXPERIMENTS, _run
 
     if args.list or not args.name:
         if not args.list:
@@ -115,7 +115,12 @@ def _cmd_reproduce(args) -> int:
     if args.name not in EXPERIMENTS:
         raise InputError(unknown_name_message("experiment", args.name, list(EXPERIMENTS)))
     workdir = Path(args.workdir) if args.workdir else Path("runs") / "reproduce" / args.name
-    report = run_experiment(args.name, workdir, quick=args.quick)  # locks the workdir
+    from ._build import enable_compile_cache
+    from .experiments._runs import console_for
+
+    enable_compile_cache()  # process-wide, as for train: the command owns the process
+    # each run's progress and train's own phase lines (a bar on a terminal), on stderr
+    report = _run(args.name, workdir, args.quick, console=console_for(None), cli=True)
     print(f"report: {report}")
     return 0
 
