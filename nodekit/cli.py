@@ -49,10 +49,12 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     v.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
 
-    r = sub.add_parser("reproduce", help="run a paper experiment and write report.md")
+    r = sub.add_parser("reproduce", help="train a paper experiment's runs (what is missing) "
+                                         "and write report.md")
     r.add_argument("name", nargs="?", help="experiment name (see --list)")
     r.add_argument("--list", action="store_true", help="list the experiments")
-    r.add_argument("--quick", action="store_true", help="a small version (about a minute)")
+    r.add_argument("--quick", action="store_true",
+                   help="a small version (a minute or two), kept in WORKDIR/quick")
     r.add_argument("--workdir", help="output folder (default: runs/reproduce/<name>)")
     r.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
 
