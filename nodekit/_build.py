@@ -55,6 +55,8 @@ def _builder(task: AbstractTask, optim, split: bool):
         train_key = None
         if split:
             key, train_key = jax.random.split(jax.random.PRNGKey(key))
+            if task.config.model.init_seed is not None:  # the weights from their own seed
+                key = jax.random.PRNGKey(task.config.model.init_seed)
         model = task.make_model(key)
         return model, optim.init(eqx.filter(model, eqx.is_inexact_array)), train_key
 

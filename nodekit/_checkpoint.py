@@ -197,7 +197,10 @@ def config_diff(old: dict, new: dict, limit: int = 6) -> str:
 def hashed_config(config: dict) -> dict:
     """The part of a resolved config that `Config.hash` covers (what a resume must keep)."""
     d = json.loads(json.dumps(config))
+    order = d.get("train", {}).get("batch_order")
     d["train"] = {"batch_size": d.get("train", {}).get("batch_size")}
+    if order == "random":
+        d["train"]["batch_order"] = order
     d.pop("distributed", None)
     return d
 

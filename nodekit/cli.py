@@ -77,10 +77,12 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     v.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
 
-    r = sub.add_parser("reproduce", help="run a paper experiment and write report.md")
+    r = sub.add_parser("reproduce", help="train a paper experiment's runs (what is missing) "
+                                         "and write report.md")
     r.add_argument("name", nargs="?", help="experiment name (see --list)")
     r.add_argument("--list", action="store_true", help="list the experiments")
-    r.add_argument("--quick", action="store_true", help="a small version (about a minute)")
+    r.add_argument("--quick", action="store_true",
+                   help="a small version (a minute or two), kept in WORKDIR/quick")
     r.add_argument("--workdir", help="output folder (default: runs/reproduce/<name>)")
     r.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
 
@@ -177,7 +179,7 @@ def _cmd_validate(args) -> int:
 
 def _cmd_reproduce(args) -> int:
     from ._errors import InputError, unknown_name_message
-    from .experiments import EXPERIMENTS, run_experiment
+    from .experiments import EXPERIMENTS, _run
 
     if args.list or not args.name:
         if not args.list:
@@ -188,7 +190,12 @@ def _cmd_reproduce(args) -> int:
     if args.name not in EXPERIMENTS:
         raise InputError(unknown_name_message("experiment", args.name, list(EXPERIMENTS)))
     workdir = Path(args.workdir) if args.workdir else Path("runs") / "reproduce" / args.name
-    report = run_experiment(args.name, workdir, quick=args.quick)  # locks the workdir
+    from ._build import enable_compile_cache
+    from .experiments._runs import console_for
+
+    enable_compile_cache()  # process-wide, as for train: the command owns the process
+    # each run's progress and train's own phase lines (a bar on a terminal), on stderr
+    report = _run(args.name, workdir, args.quick, console=console_for(None), cli=True)
     print(f"report: {report}")
     return 0
 

@@ -278,10 +278,16 @@ class ModelConfig(_Strict):
     """The model. `field` and `augment_dim` are shared; `cnf` (density),
     `classifier` (classification), `latent` (latent), `physics` and
     `sparse_regression` (ude) belong to one task each and are filled with their
-    defaults for that task."""
+    defaults for that task. `init_seed` fixes the initial weights on their own: they
+    are drawn with `jax.random.PRNGKey(init_seed)` instead of a key split from the
+    run's `seed` (which still draws the training keys), e.g. to start from the same
+    weights as a model built in Python with that key."""
 
     field: FieldConfig = FieldConfig()
     augment_dim: NonNegInt = Field(0, le=4096)
+    init_seed: Seed | None = Field(
+        None, description="seed of the initial weights, jax.random.PRNGKey(init_seed) "
+        "(default: a key split from the run's seed)")
     cnf: CNFConfig | None = None
     classifier: ClassifierConfig | None = None
     latent: LatentConfig | None = None
@@ -414,6 +420,11 @@ class TrainConfig(_Strict):
     eval_batch_mode: _names(BATCH_MODES) | None = Field(
         None, description="batch mode of the evaluation solves (default solver.batch_mode)")
     checkpoint_every: PosInt = Field(100, le=100_000_000)
+    batch_order: Literal["epochs", "random"] | None = Field(
+        None, description="how a classification, latent or ude task draws batches from its "
+        "training set: epochs (default: each epoch a random permutation, every item once) "
+        "or random (each step's batch drawn anew, without replacement, by "
+        "numpy.random.default_rng(seed * 2**32 + step))")
     on_nonfinite: Literal["stop", "skip_step"] = "stop"
     max_solver_failures: float = Field(
         0.0, ge=0, le=1, description="fraction of a batch's solves allowed to fail"
@@ -855,6 +866,7 @@ class Config(_Strict):
         _check_file_data(self)
         _check_regularisation(self)
         _check_batch_sizes(self)
+        _check_batch_order(self)
         _check_devices(self)
         _check_lbfgs_loss(self)
         _check_engine(self)
@@ -871,6 +883,10 @@ class Config(_Strict):
         d = self.to_dict()
         d["train"] = {"batch_size": d["train"]["batch_size"]}
         d.pop("distributed")
+        if d["model"].get("init_seed") is None:  # (unset: the hash of configs before the key)
+            d["model"].pop("init_seed", None)
+        if self.train.batch_order == "random":  # (epochs, the default, leaves the hash as it was)
+            d["train"]["batch_order"] = "random"
         blob = json.dumps(d, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -993,6 +1009,13 @@ def _check_batch_sizes(cfg: Config) -> None:
     if d.name == "lotka_volterra" and bs > 1:
         raise ConfigError("train.batch_size", f"got {bs}: lotka_volterra is one trajectory; "
                                               "set train.batch_size: 1.")
+
+
+def _check_batch_order(cfg: Config) -> None:
+    if cfg.train.batch_order is not None and cfg.task in ("trajectory", "density"):
+        raise ConfigError("train.batch_order", f"task {cfg.task!r} draws each batch at random "
+                                               "(segments or samples); batch_order is for the "
+                                               "classification, latent and ude tasks: remove it.")
 
 
 def _check_devices(cfg: Config) -> None:

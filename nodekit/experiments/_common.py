@@ -1,9 +1,9 @@
 """Shared pieces of the paper experiments: claims whose verdict is computed from
-numbers, the report/summary writer, a small training loop on `nodekit.make_step`, and
-figure helpers.
+numbers, the report/summary writer, and series and figure helpers. (Training is
+`nodekit.train`'s alone: see `_runs.py`.)
 
-An experiment measures numbers, states each of the paper's claims as one or more
-`check(lhs, op, rhs)` comparisons, and hands them to `write_report`, which writes
+An experiment reads numbers from its runs' files, states each of the paper's claims as
+one or more `check(lhs, op, rhs)` comparisons, and hands them to `write_report`, which writes
 `report.md` (tables of claims, settings, notes, figures, timings) and `summary.json`
 (the same data, machine readable: `claims` is a list of
 `{"claim", "paper", "measured", "holds", "checks"}`).
@@ -14,13 +14,10 @@ from __future__ import annotations
 import json
 import math
 import operator
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import equinox as eqx
-import jax
 import numpy as np
 
 #: Comparison operators a `Check` may use.
@@ -208,11 +205,16 @@ def write_report(
     if timings:
         out += ["## Timings", "", md_table(["What", "Seconds"],
                                            [[k, f"{v:.1f}"] for k, v in timings.items()]), ""]
+    def rel(f) -> Path:  # a figure's path from the report's folder
+        try:
+            return Path(f).relative_to(workdir)
+        except ValueError:
+            return Path(f)
+
     if figures:
         out += ["## Figures", ""]
         for f in figures:
-            rel = Path(f).relative_to(workdir) if Path(f).is_absolute() else Path(f)
-            out += [f"![{rel.stem}]({rel.as_posix()})", ""]
+            out += [f"![{rel(f).stem}]({rel(f).as_posix()})", ""]
     from .. import _signals
 
     # a stop request during the run: its numbers are partial, so no report claims them
@@ -230,124 +232,13 @@ def write_report(
         "metrics": metrics or {},
         "timings_s": timings or {},
         "notes": notes,
-        "figures": [str(Path(f).relative_to(workdir) if Path(f).is_absolute() else f)
-                    for f in figures],
+        "figures": [rel(f).as_posix() for f in figures],
     }
     (workdir / "summary.json").write_text(json.dumps(_json_safe(summary), indent=2) + "\n")
     return report
 
 
-# ----------------------------------------------------------------- training
-
-
-@dataclass
-class FitResult:
-    """What `fit` returns: the trained model, the per-step host metrics, the number of
-    skipped (non-finite) steps, and timings (`first_step_s` includes compilation)."""
-
-    model: Any
-    history: list[dict] = field(default_factory=list)
-    skipped: int = 0
-    first_step_s: float = 0.0
-    train_s: float = 0.0
-
-    def series(self, key: str) -> np.ndarray:
-        """The logged values of `key`, one per step (NaN where absent)."""
-        return np.array([r.get(key, np.nan) for r in self.history], dtype=float)
-
-
-def _scalars(metrics: dict) -> dict:
-    out = {}
-    for k, v in jax.device_get(metrics).items():
-        v = np.asarray(v)
-        if v.size == 1:
-            out[k] = bool(v) if v.dtype == bool else float(v)
-    return out
-
-
-_STEPS: dict = {}
-
-
-def fit(
-    model,
-    loss_fn: Callable,
-    batch_fn: Callable[[int], Any],
-    *,
-    steps: int,
-    learning_rate: float,
-    key,
-    optimizer: str = "adam",
-    schedule: str = "constant",
-    clip_norm: float | None = None,
-    weight_decay: float = 0.0,
-    every: int = 0,
-    callback: Callable[[int, Any, dict], None] | None = None,
-) -> FitResult:
-    """Train `model` for `steps` steps with `nodekit.make_step` and
-    `nodekit.make_optimizer` (the library's own compiled step and Optax wiring).
-
-    **Arguments:**
-
-    - `loss_fn(model, batch, key) -> (loss, aux)`.
-    - `batch_fn(step) -> batch`: a pure function of the step (NumPy arrays).
-    - `steps`, `learning_rate`, `optimizer`, `schedule`, `clip_norm`, `weight_decay`:
-      as in `nodekit`'s optimizer config.
-    - `key`: a PRNG key; step `s` gets `fold_in(key, s)`.
-    - Pass the same `loss_fn` object to fit several models of one architecture: the
-      compiled step is reused.
-    - `every`, `callback`: call `callback(step, model, row)` after every `every`-th step
-      (and the last), e.g. to evaluate; it may add entries to `row`.
-
-    **Returns:** a `FitResult`.
-    """
-    from .._config import OptimizerConfig
-    from .._optim import make_optimizer
-    from .._step import make_step
-
-    cfg = OptimizerConfig(name=optimizer, learning_rate=learning_rate, schedule=schedule,
-                          clip_norm=clip_norm, weight_decay=weight_decay)
-    # One compiled step per (loss function, optimiser): repeated fits of the same
-    # architecture (seeds, ablations) then compile once.
-    cache_key = (id(loss_fn), cfg.model_dump_json(), steps)
-    if cache_key not in _STEPS:
-        optim = make_optimizer(cfg, steps)
-        _STEPS[cache_key] = (loss_fn, optim, make_step(loss_fn, optim))
-    _, optim, step_fn = _STEPS[cache_key]
-    opt_state = optim.init(eqx.filter(model, eqx.is_inexact_array))
-    result = FitResult(model)
-    t0 = time.perf_counter()
-    t_first = None
-    from .. import _signals
-
-    for s in range(steps):
-        _signals.raise_if_stopped(f"at step {s} of a training run", step=s)
-        model, opt_state, m = step_fn(model, opt_state, batch_fn(s), jax.random.fold_in(key, s))
-        row = _scalars(m)
-        row["step"] = s
-        row["time_s"] = time.perf_counter() - t0
-        if t_first is None:
-            t_first = row["time_s"]
-        if not row.get("finite", True):
-            result.skipped += 1
-        if callback is not None and every and (s % every == 0 or s == steps - 1):
-            callback(s, model, row)
-        result.history.append(row)
-    result.model = model
-    result.first_step_s = t_first or 0.0
-    result.train_s = time.perf_counter() - t0
-    return result
-
-
-class Timer:
-    """`with Timer() as t: ...; t.s` — wall seconds."""
-
-    def __enter__(self):
-        self.t0 = time.perf_counter()
-        self.s = 0.0
-        return self
-
-    def __exit__(self, *exc):
-        self.s = time.perf_counter() - self.t0
+# ----------------------------------------------------------------- series
 
 
 def smooth(x, window: int = 20) -> np.ndarray:

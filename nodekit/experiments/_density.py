@@ -1,5 +1,8 @@
-"""Shared by the density experiments (FFJORD, RNODE, TayNODE): train a CNF on a toy 2-D
-density with optional regularisers, evaluate its test NLL and NFE, and draw heatmaps."""
+"""Shared by the density experiments (FFJORD, RNODE, TayNODE): a trained CNF's numbers
+read from its run's files (test NLL and NFE of the final evaluation, training NLL and
+NFE per step, training time), the Hutchinson estimate of a trained model's NLL, and
+the figures (training curves, density heatmaps, samples). Training is `nodekit.train`'s
+(the runs' configs are in `nodekit/configs/papers/<experiment>/`)."""
 
 from __future__ import annotations
 
@@ -11,113 +14,97 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._common import FitResult, figure, fit, save
-
-#: FFJORD's choice: the batch solved as one ODE state (one shared step size).
-MODE = "joint"
-#: FFJORD's tolerances for the toy densities.
-TOL = 1e-5
-WIDTH, DEPTH = 64, 2
-BATCH = 256
-N_TEST = 2000
-LR = 1e-3
+from ._common import figure, plot_curves, save, smooth
+from ._runs import Runs
 
 
 @dataclass
 class DensityRun:
-    """One trained CNF and its measurements."""
+    """One trained CNF's measurements, read from its run's files."""
 
     name: str
-    fit: FitResult
-    model: object
-    test_nll: float
-    eval_nfe: float
-    train_s: float  # training time without the first (compiling) step
-
-    @property
-    def steps(self) -> int:
-        return len(self.fit.history)
+    label: str
+    distribution: str
+    steps: int
+    test_nll: float   # the final evaluation: exact trace on the test set
+    eval_nfe: float   # NFE of that (joint) test solve
+    train_s: float    # training seconds without compilation and evaluations
 
 
-_LOSSES: dict = {}
+def density_run(runs: Runs, name: str, label: str | None = None) -> DensityRun:
+    """The measurements of density run `name` (its last evaluation and its steps)."""
+    ev = runs.last_eval(name)
+    cfg = runs.config(name)
+    return DensityRun(name, label or name, cfg.data.distribution, len(runs.rows(name)),
+                      float(ev.get("eval_loss", np.nan)), float(ev.get("eval_nfe", np.nan)),
+                      float(cumulative_seconds(runs, name)[-1]) if runs.rows(name) else np.nan)
 
 
-def loss_fn(regularisers: tuple = ()):
-    """The training loss `nll + sum_i weight_i * penalty_i` (one object per regulariser
-    set, so that repeated fits reuse the compiled step)."""
-    key = tuple(regularisers)
-    if key not in _LOSSES:
-        from ..models import nll
-
-        def loss(model, batch, k):
-            value, aux = nll(model, batch, k, mode=MODE, regularisers=regularisers)
-            aux = dict(aux)
-            penalties = aux.pop("penalties")
-            total = value
-            for i, r in enumerate(regularisers):
-                aux[f"reg_{type(r).__name__}"] = penalties[i]
-                total = total + r.weight * penalties[i]
-            return total, aux
-
-        _LOSSES[key] = loss
-    return _LOSSES[key]
+def cumulative_seconds(runs: Runs, name: str) -> np.ndarray:
+    """Training wall time after each logged step, from the rows' `step_time_s`,
+    without compilation and evaluations: the first step of each session (it compiles)
+    and the steps whose time includes an evaluation count at the median step time."""
+    rows = runs.rows(name)
+    t = runs.step_seconds(name)
+    every = runs.config(name).train.eval_every
+    steps = np.array([r["step"] for r in rows])
+    t[(steps > 0) & (steps % every == 0)] = np.nan  # (the time since the previous row holds an eval)
+    med = np.nanmedian(t) if np.isfinite(t).any() else 0.0
+    t = np.where(np.isfinite(t), t, med)
+    t[0] = 0.0  # the clock starts after the first (compiling) step, as before
+    return np.cumsum(t)
 
 
-def test_points(name: str) -> np.ndarray:
-    from ..data import sample_toy2d
+def test_points(runs: Runs, name: str) -> np.ndarray:
+    """The run's test samples (`data.n_test` drawn with `data.test_seed`)."""
+    return np.asarray(runs.task(name).test_x)
 
-    return sample_toy2d(name, N_TEST, seed=10_001)
 
-
-def optimum_nll(name: str) -> float:
-    """The analytic floor: the true density's mean negative log-density on the test
-    samples (`nan` for densities without a closed form)."""
+def optimum_nll(distribution: str, x: np.ndarray) -> float:
+    """The analytic floor: the true density's mean negative log-density on `x`
+    (`nan` for densities without a closed form)."""
     from ..data import TOY2D_DENSITY_NAMES, toy2d_log_density
 
-    if name not in TOY2D_DENSITY_NAMES:
+    if distribution not in TOY2D_DENSITY_NAMES:
         return float("nan")
-    return float(-np.mean(toy2d_log_density(name, test_points(name))))
+    return float(-np.mean(toy2d_log_density(distribution, np.asarray(x, np.float64))))
 
 
 @eqx.filter_jit
-def _evaluate(model, x, key):
+def _nll(model, x, key, mode: str):
     from ..models import nll
 
-    value, aux = nll(model, x, key, mode=MODE)
+    value, aux = nll(model, x, key, mode=mode, throw=False)
     return value, aux["nfe"]
 
 
-def with_trace(model, trace: str):
-    """The same CNF (same parameters and solve settings) with another trace method."""
-    return model.with_trace(trace)
+def hutchinson_bias(runs: Runs, name: str, n_draws: int, seed: int = 0
+                    ) -> tuple[float, float, float]:
+    """`(mean, standard error, exact)` of run `name`'s test NLL: Hutchinson estimates
+    over `n_draws` noise draws against the exact trace, for the same trained model."""
+    model = runs.load(name).model
+    cfg = runs.config(name)
+    mode = cfg.train.eval_batch_mode or cfg.solver.batch_mode
+    x = jnp.asarray(test_points(runs, name))
+    exact, _ = _nll(model.with_trace("exact"), x, None, mode)
+    hutch = model.with_trace("hutchinson")
+    est = np.asarray([float(_nll(hutch, x, jax.random.PRNGKey(seed * 7919 + i), mode)[0])
+                      for i in range(n_draws)])
+    return float(est.mean()), float(est.std(ddof=1) / np.sqrt(len(est))), float(exact)
 
 
-def evaluate(model, x) -> tuple[float, float]:
-    """Test NLL (exact trace) and the NFE of the joint test solve."""
-    value, nfe = _evaluate(with_trace(model, "exact"), jnp.asarray(x), None)
-    return float(value), float(nfe)
+def time_to_nll(runs: Runs, name: str, level: float, window: int = 25) -> float:
+    """Training seconds (without compilation and evaluations) until the smoothed
+    training NLL (`loss_task`, the data term without penalties) first reaches `level`;
+    `inf` when it never does."""
+    nll = smooth(runs.series(name, "loss_task"), window)
+    hit = np.nonzero(nll <= level)[0]
+    if len(hit) == 0:
+        return float("inf")
+    return float(cumulative_seconds(runs, name)[hit[0]])
 
 
-def train_density(name: str, *, steps: int, seed: int = 0, trace: str = "exact",
-                  regularisers: tuple = (), every: int = 0, callback=None) -> DensityRun:
-    """Train a CNF (FFJORD) on toy density `name` with fresh samples every step."""
-    from ..data import sample_toy2d
-    from ..models import CNF
-
-    key = jax.random.PRNGKey(seed)
-    model = CNF.from_mlp(2, WIDTH, DEPTH, activation="tanh", trace=trace, rtol=TOL, atol=TOL,
-                         key=key)
-    batch = lambda s: sample_toy2d(name, BATCH, seed=seed * 1_000_003 + s)
-    res = fit(model, loss_fn(tuple(regularisers)), batch, steps=steps, learning_rate=LR,
-              key=jax.random.fold_in(key, 1), every=every, callback=callback)
-    test_nll, nfe = evaluate(res.model, test_points(name))
-    return DensityRun(name, res, res.model, test_nll, nfe, res.train_s - res.first_step_s)
-
-
-@eqx.filter_jit
-def _grid_logp(model, pts):
-    lp, _, _ = model.log_prob_batch(pts, None, mode=MODE)
-    return lp
+# ----------------------------------------------------------------- figures
 
 
 GRID_N, GRID_LIM = 60, 4.5
@@ -129,20 +116,26 @@ def grid():
     return X, Y, np.stack([X.ravel(), Y.ravel()], 1)
 
 
+@eqx.filter_jit
+def _grid_logp(model, pts):
+    lp, _, _ = model.log_prob_batch(pts, None, mode="joint", throw=False)
+    return lp
+
+
 def model_density(model) -> np.ndarray:
     """The model's density on the plotting grid (exact trace), shape `(GRID_N, GRID_N)`."""
-    model = with_trace(model, "exact")
     X, _, pts = grid()
-    return np.exp(np.asarray(_grid_logp(model, jnp.asarray(pts)))).reshape(X.shape)
+    return np.exp(np.asarray(_grid_logp(model.with_trace("exact"), jnp.asarray(pts)))
+                  ).reshape(X.shape)
 
 
-def true_density(name: str) -> np.ndarray | None:
+def true_density(distribution: str) -> np.ndarray | None:
     from ..data import TOY2D_DENSITY_NAMES, toy2d_log_density
 
-    if name not in TOY2D_DENSITY_NAMES:
+    if distribution not in TOY2D_DENSITY_NAMES:
         return None
     X, _, pts = grid()
-    return np.exp(toy2d_log_density(name, pts)).reshape(X.shape)
+    return np.exp(toy2d_log_density(distribution, pts)).reshape(X.shape)
 
 
 @eqx.filter_jit
@@ -169,68 +162,31 @@ def plot_densities(path: Path, panels: list[tuple[str, str, np.ndarray]]) -> Pat
     return save(fig, path)
 
 
-def density_panels(run: DensityRun, label: str, key=0) -> list[tuple[str, str, np.ndarray]]:
-    """Model density heatmap and model samples for one run."""
-    samples = np.asarray(_sample(run.model, jax.random.PRNGKey(key), 2000))
-    return [(f"{label}: density", "density", model_density(run.model)),
+def density_panels(runs: Runs, name: str, label: str, key=0) -> list[tuple[str, str, np.ndarray]]:
+    """Model density heatmap and model samples of run `name`'s final model."""
+    model = runs.load(name).model
+    samples = np.asarray(_sample(model, jax.random.PRNGKey(key), 2000))
+    return [(f"{label}: density", "density", model_density(model)),
             (f"{label}: samples", "points", samples)]
 
 
-def hutchinson_bias(model, x, n_draws: int, seed: int = 0) -> tuple[float, float, float]:
-    """`(mean, standard error, exact)` of the test NLL: Hutchinson estimates over
-    `n_draws` noise draws against the exact trace, for the same model."""
-    hutch = with_trace(model, "hutchinson")
-    exact, _ = evaluate(model, x)
-    est = []
-    for i in range(n_draws):
-        value, _ = _evaluate(hutch, jnp.asarray(x), jax.random.PRNGKey(seed * 7919 + i))
-        est.append(float(value))
-    est = np.asarray(est)
-    return float(est.mean()), float(est.std(ddof=1) / np.sqrt(len(est))), exact
-
-
-# ----------------------------------------------------------------- regularisation studies
-
-
-def time_to_nll(run: DensityRun, level: float, window: int = 25) -> float:
-    """Training seconds (excluding the compiling first step) until the smoothed training
-    NLL first reaches `level`; `inf` when it never does."""
-    from ._common import smooth
-
-    nll = smooth(run.fit.series("nll"), window)
-    hit = np.nonzero(nll <= level)[0]
-    if len(hit) == 0:
-        return float("inf")
-    times = run.fit.series("time_s")
-    return float(times[hit[0]] - times[0])
-
-
-def regularisation_study(workdir: Path, name: str, variants: list[tuple[str, tuple]], *,
-                         steps: int, seed: int = 0):
-    """Train one CNF per `(label, regularisers)` variant on density `name` and draw the
-    shared figures. Returns `(runs by label, figures, timings)`."""
-    from ._common import Timer, plot_curves
-
-    runs, timings = {}, {}
-    for label, regs in variants:
-        with Timer() as t:
-            runs[label] = train_density(name, steps=steps, seed=seed, regularisers=regs)
-        timings[f"{label}: {steps} steps + test (incl. compile)"] = t.s
-    x = lambda r: np.arange(r.steps)
+def regularisation_figures(runs: Runs, workdir: Path, labels: dict[str, str]) -> list[Path]:
+    """The figures shared by the regularisation studies: training NFE and NLL per step
+    for each run (`labels`: run name -> label) and the learned densities."""
+    names = list(labels)
+    distribution = runs.config(names[0]).data.distribution
     figs = [
         plot_curves(Path(workdir) / "train_nfe.png",
-                    {lbl: (x(r), r.fit.series("nfe")) for lbl, r in runs.items()},
+                    {labels[n]: (runs.steps(n), runs.series(n, "nfe_forward")) for n in names},
                     xlabel="step", ylabel="NFE per training solve (smoothed)", window=25,
-                    title=f"{name}: forward NFE per batch"),
+                    title=f"{distribution}: forward NFE per batch"),
         plot_curves(Path(workdir) / "train_nll.png",
-                    {lbl: (x(r), r.fit.series("nll")) for lbl, r in runs.items()},
+                    {labels[n]: (runs.steps(n), runs.series(n, "loss_task")) for n in names},
                     xlabel="step", ylabel="training NLL (nats, smoothed)", window=25,
-                    title=f"{name}: training NLL (without penalties)"),
+                    title=f"{distribution}: training NLL (without penalties)"),
     ]
-    panels = [("data samples", "points", test_points(name))]
-    with Timer() as t:
-        for i, (lbl, r) in enumerate(runs.items()):
-            panels += density_panels(r, lbl, key=i)[:1]
-    timings["heatmaps"] = t.s
+    panels = [("data samples", "points", test_points(runs, names[0]))]
+    for i, n in enumerate(names):
+        panels += density_panels(runs, n, labels[n], key=i)[:1]
     figs.append(plot_densities(Path(workdir) / "densities.png", panels))
-    return runs, figs, timings
+    return figs

@@ -1,9 +1,8 @@
-"""`chen2018-spiral`: torchdiffeq's `ode_demo` fit (Chen et al. 2018), through
-`nodekit.train` on `configs/spiral.yaml`."""
+"""`chen2018-spiral`: torchdiffeq's `ode_demo` fit (Chen et al. 2018): one run,
+`nodekit/configs/papers/chen2018-spiral/spiral.yaml` (the built-in `spiral` config)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import equinox as eqx
@@ -11,7 +10,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._common import Timer, batch_mode_text, check, claim, figure, save, write_report
+from .._config import load_config as nodekit_load_config
+from ._common import batch_mode_text, check, claim, figure, save, write_report
+from ._runs import RunSpec, Runs, reproduce, timings
 
 NAME = "chen2018-spiral"
 PAPER = ("Chen, Rubanova, Bettencourt, Duvenaud 2018, Neural Ordinary Differential "
@@ -19,32 +20,15 @@ PAPER = ("Chen, Rubanova, Bettencourt, Duvenaud 2018, Neural Ordinary Differenti
 CLAIM = "a neural ODE fits the ode_demo spiral; learned vector field matches the true one"
 
 QUICK_STEPS = 600
-CONFIG = "spiral"  # the built-in config (nodekit/configs/spiral.yaml)
+#: The one run: nodekit/configs/papers/chen2018-spiral/spiral.yaml (the same run as the
+#: built-in `spiral` config).
+RUNS = (RunSpec("spiral", quick=(f"train.steps={QUICK_STEPS}", "train.eval_every=100",
+                                 "train.checkpoint_every=100")),)
 
 
-def _config(quick: bool):
-    from .._config import load_config
-    overrides = ["train.progress=false", "train.compile_cache=false"]
-    if quick:
-        overrides += [f"train.steps={QUICK_STEPS}", "train.eval_every=100",
-                      "train.checkpoint_every=100"]
-    return load_config(CONFIG, overrides)
-
-
-def _trained_model(config, workdir: Path):
-    """The trained model, read back from the run's latest checkpoint (as `train` does
-    when it resumes)."""
-    from .._checkpoint import load_checkpoint
-    from ..tasks import make_task
-    from .._optim import make_optimizer
-
-    task = make_task(config)
-    model = task.make_model(jax.random.split(jax.random.PRNGKey(config.seed))[0])
-    optim = make_optimizer(config.optimizer, config.train.steps)
-    opt_state = optim.init(eqx.filter(model, eqx.is_inexact_array))
-    (model, _), _ = load_checkpoint(workdir / "checkpoints" / "latest.nkc", (model, opt_state),
-                                    config_hash=config.hash())
-    return task, model
+def run(workdir: Path, quick: bool = False, **options) -> Path:
+    """Train what is missing of this experiment's run and write its report."""
+    return reproduce(NAME, RUNS, report, workdir, quick, **options)
 
 
 def _phase_plot(path: Path, model, ts, ys, pred) -> tuple[Path, float]:
@@ -92,10 +76,10 @@ def _trajectory_plot(path: Path, ts, ys, pred) -> Path:
     return save(fig, path)
 
 
-def _loss_plot(path: Path, metrics_path: Path) -> Path:
-    rows = [json.loads(l) for l in metrics_path.read_text().splitlines() if l.strip()]
-    train = [(r["step"], r["loss"]) for r in rows if not r.get("eval") and r.get("loss") is not None]
-    evals = [(r["step"], r["eval_loss"]) for r in rows if r.get("eval") and r.get("eval_loss") is not None]
+def _loss_plot(path: Path, runs: Runs) -> Path:
+    train = [(r["step"], r["loss"]) for r in runs.rows("spiral") if r.get("loss") is not None]
+    evals = [(r["step"], r["eval_loss"]) for r in runs.evals("spiral")
+             if r.get("eval_loss") is not None]
     fig, axes = figure()
     ax = axes[0, 0]
     if train:
@@ -110,31 +94,29 @@ def _loss_plot(path: Path, metrics_path: Path) -> Path:
     return save(fig, path)
 
 
-def run(workdir: Path, quick: bool) -> Path:
-    from .._loop import train
-
+def report(runs: Runs, workdir: Path, quick: bool) -> Path:
+    """The claims, computed from the run's files, and the figures."""
     workdir = Path(workdir)
-    config = _config(quick)
-    run_dir = workdir / "run"
-    with Timer() as t_train:
-        summary = train(config, run_dir, restart=True, progress=False)
-    task, model = _trained_model(config, run_dir)
-    pred, stats = eqx.filter_jit(task.predict)(model)
-    pred = np.asarray(pred)
+    config = runs.config("spiral")
+    summary = runs.summary("spiral")
+    trained = runs.load("spiral")  # the final model (checkpoints/latest.nkc)
+    task, model = trained.task, trained.model
+    predict = eqx.filter_jit(task.predict)
+    pred = np.asarray(predict(model)[0])
     ts, ys = task.ts, task.ys
 
-    # untrained baseline: the same model at initialisation
+    # untrained baseline: the same model at initialisation (train's key split), scored
+    # as the eval loss is (mean |error| of the whole solve from y0)
     init_model = task.make_model(jax.random.split(jax.random.PRNGKey(config.seed))[0])
-    init_eval = float(eqx.filter_jit(task.evaluate)(init_model)["eval_loss"])
+    init_eval = float(np.mean(np.abs(np.asarray(predict(init_model)[0]) - ys)))
     eval_loss = float(summary["eval_loss"])
 
     figs = [_trajectory_plot(workdir / "trajectory.png", ts, ys, pred)]
     phase, field_err = _phase_plot(workdir / "phase.png", model, ts, ys, pred)
-    figs += [phase, _loss_plot(workdir / "loss.png", run_dir / "metrics.jsonl")]
+    figs += [phase, _loss_plot(workdir / "loss.png", runs)]
 
-    rows = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines() if l.strip()]
-    train_losses = [r["loss"] for r in rows if not r.get("eval") and r.get("loss") is not None]
-    evals = [r["eval_loss"] for r in rows if r.get("eval") and r.get("eval_loss") is not None]
+    train_losses = [r["loss"] for r in runs.rows("spiral") if r.get("loss") is not None]
+    evals = [r["eval_loss"] for r in runs.evals("spiral") if r.get("eval_loss") is not None]
     best_eval = float(np.min(evals)) if evals else float("nan")
     first_loss = float(np.mean(train_losses[:3]))
     final_loss = float(np.mean(train_losses[-3:]))
@@ -160,7 +142,8 @@ def run(workdir: Path, quick: bool) -> Path:
     ]
     s = config.solver
     settings = {
-        "config": "configs/spiral.yaml" + (f" with train.steps={QUICK_STEPS}" if quick else ""),
+        "config": f"papers/{NAME}/spiral (the built-in `spiral` config)"
+                  + (f" with train.steps={QUICK_STEPS}" if quick else ""),
         "data": f"ode_demo spiral, {config.data.n_points} points on [0, {config.data.t1}], "
                 f"segments of {config.data.batch_time} points, batch {config.train.batch_size}",
         "field": f"MLP(y^3) width {config.model.field.width}, depth {config.model.field.depth}, "
@@ -195,13 +178,16 @@ def run(workdir: Path, quick: bool) -> Path:
         "the config uses Adam with a cosine schedule instead of ode_demo's RMSprop(1e-3).",
         "The loss is ode_demo's mean absolute error; the eval loss integrates the whole "
         "trajectory from y0 = [2, 0] (the hard part: errors compound over 25 time units).",
-        "The training run's own files (config.yaml, metrics.jsonl, summary.json, "
-        "checkpoints, plots) are in run/ of the experiment's workdir (not committed).",
+        "The training run is one `nodekit.train` run; its own files (config.yaml, "
+        "metrics.jsonl, summary.json, checkpoints, plots) are in spiral/ of the "
+        "experiment's workdir (not committed), and every number here is read from them "
+        "(the trained model from checkpoints/latest.nkc).",
         "The whole-trajectory error is noisy from one eval to the next (each step's random "
         "segments move the phase of the 25-unit solve): see the eval points in loss.png.",
     ]
     if quick:
-        notes.append(f"Quick mode trains {QUICK_STEPS} of the config's {_config(False).train.steps} steps: "
+        full_steps = nodekit_load_config(f"papers/{NAME}/spiral").train.steps
+        notes.append(f"Quick mode trains {QUICK_STEPS} of the config's {full_steps} steps: "
                      "the local fit is "
                      "good but the whole-trajectory solve drifts in phase, so the 0.1 bar "
                      "is not expected to hold.")
@@ -209,8 +195,8 @@ def run(workdir: Path, quick: bool) -> Path:
         workdir, name=NAME, title="chen2018-spiral: the ode_demo spiral", paper=PAPER,
         quick=quick, claims=claims, settings=settings, notes=notes, figures=figs,
         metrics=metrics, tables=[("Measured", table)],
-        timings={"train (nodekit.train, incl. compile and evals)": t_train.s,
-                 "first step (compile)": summary.get("first_step_s") or 0.0},
+        timings={**timings(runs),
+                 "first step of the run's last session (compile)": summary.get("first_step_s") or 0.0},
         batch_mode=batch_mode_text(config.solver.batch_mode),
     )
 

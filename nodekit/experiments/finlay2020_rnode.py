@@ -1,37 +1,47 @@
 """`finlay2020-rnode`: FFJORD with and without kinetic-energy + Jacobian-norm
-regularisation (RNODE; Finlay, Jacobsen, Nurbekyan, Oberman 2020)."""
+regularisation (RNODE; Finlay, Jacobsen, Nurbekyan, Oberman 2020).
+
+Runs (`nodekit/configs/papers/finlay2020-rnode/`): `ffjord` and `rnode`."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from . import _density as D
 from ._common import batch_mode_text, check, claim, md_table, smooth, write_report
+from ._runs import RunSpec, Runs, reproduce, timings
 
 NAME = "finlay2020-rnode"
 PAPER = ("Finlay, Jacobsen, Nurbekyan, Oberman 2020, How to Train Your Neural ODE: the "
          "World of Jacobian and Kinetic Regularization (ICML)")
 CLAIM = "kinetic + Jacobian regularisation cuts NFE and training time at similar NLL"
 
-DENSITY = "2spirals"
-LAMBDA = 0.1
 #: NLL difference (nats) that still counts as "similar likelihood".
 MARGIN = 0.1
+QUICK = ("train.steps=150", "train.eval_every=50", "train.checkpoint_every=50")
+RUNS = (RunSpec("ffjord", quick=QUICK), RunSpec("rnode", quick=QUICK))
+LABELS = {"ffjord": "FFJORD", "rnode": "RNODE"}
 
 
-def run(workdir: Path, quick: bool) -> Path:
-    from .._regularisers import JacobianFrobenius, KineticEnergy
+def run(workdir: Path, quick: bool = False, **options) -> Path:
+    """Train what is missing of this experiment's runs and write its report."""
+    return reproduce(NAME, RUNS, report, workdir, quick, **options)
 
+
+def report(runs: Runs, workdir: Path, quick: bool) -> Path:
+    """The claims, computed from the runs' files, and the figures."""
     workdir = Path(workdir)
-    steps = 150 if quick else 1000
-    regs = (KineticEnergy(LAMBDA), JacobianFrobenius(LAMBDA, estimator="exact"))
-    runs, figs, timings = D.regularisation_study(
-        workdir, DENSITY, [("FFJORD", ()), ("RNODE", regs)], steps=steps)
-    base, reg = runs["FFJORD"], runs["RNODE"]
+    figs = D.regularisation_figures(runs, workdir, LABELS)
+    res = {LABELS[n]: D.density_run(runs, n, LABELS[n]) for n in LABELS}
+    base, reg = res["FFJORD"], res["RNODE"]
+    steps = runs.config("ffjord").train.steps
     # the loss level both runs are timed to: the unregularised run's final NLL + margin
-    level = float(smooth(base.fit.series("nll"), 25)[-1]) + MARGIN
-    t_base, t_reg = D.time_to_nll(base, level), D.time_to_nll(reg, level)
-    train_nfe = {k: float(r.fit.series("nfe").mean()) for k, r in runs.items()}
+    level = float(smooth(runs.series("ffjord", "loss_task"), 25)[-1]) + MARGIN
+    t_to = {LABELS[n]: D.time_to_nll(runs, n, level) for n in LABELS}
+    t_base, t_reg = t_to["FFJORD"], t_to["RNODE"]
+    train_nfe = {LABELS[n]: float(np.nanmean(runs.series(n, "nfe_forward"))) for n in LABELS}
     saving = 1 - reg.eval_nfe / base.eval_nfe
 
     claims = [
@@ -57,19 +67,25 @@ def run(workdir: Path, quick: bool) -> Path:
     ]
     rows = [[k, f"{r.test_nll:.3f}", f"{r.eval_nfe:.0f}", f"{train_nfe[k]:.1f}",
              f"{r.train_s:.1f}", f"{r.train_s / max(r.steps - 1, 1):.4f}",
-             f"{D.time_to_nll(r, level):.1f}"] for k, r in runs.items()]
+             f"{t_to[k]:.1f}"] for k, r in res.items()]
     table = md_table(["Model", "Test NLL (nats)", "NFE (joint test solve)",
-                      "Mean NFE per training batch", "Train time (s, excl. compile)",
+                      "Mean NFE per training batch", "Train time (s, excl. compile and evals)",
                       "s / step", f"s to NLL {level:.3f}"], rows)
+    c = runs.config("rnode")
+    f, sv, rg = c.model.field, c.solver, c.regularisation
     settings = {
-        "data": f"{DENSITY} toy density, fresh batch of {D.BATCH} per step, {D.N_TEST} test samples",
-        "model": f"CNF (FFJORD), MLP field {D.DEPTH}x{D.WIDTH} tanh, T = 1, exact trace",
-        "solver": f"tsit5, rtol = atol = {D.TOL:g}, backprop through the solver",
-        "RNODE": f"kinetic energy λ_K = {LAMBDA} + Jacobian Frobenius λ_J = {LAMBDA} "
+        "configs": f"nodekit/configs/papers/{NAME}/ffjord.yaml, rnode.yaml",
+        "data": f"{c.data.distribution} toy density, fresh batch of {c.train.batch_size} per "
+                f"step, {c.data.n_test} test samples",
+        "model": f"CNF (FFJORD), MLP field {f.depth}x{f.width} {f.activation}, T = "
+                 f"{c.model.cnf.t1:g}, {c.model.cnf.trace} trace",
+        "solver": f"{sv.name}, rtol = atol = {sv.rtol:g}, backprop through the solver",
+        "RNODE": f"kinetic energy λ_K = {rg.kinetic.weight:g} + Jacobian Frobenius λ_J = "
+                 f"{rg.jacobian.weight:g} "
                  "(exact Jacobian in 2-D), integrated in the same solve by the trapezoid "
                  "rule on the solver's steps (nodekit's default quadrature; RNODE's code "
                  "puts them in the ODE state, `quadrature: augmented`)",
-        "training": f"Adam lr {D.LR:g}, {steps} steps, one seed",
+        "training": f"Adam lr {c.optimizer.learning_rate:g}, {steps} steps, one seed",
     }
     notes = [
         "RNODE's headline numbers are on MNIST/CIFAR with multi-scale FFJORD; this is the "
@@ -82,18 +98,25 @@ def run(workdir: Path, quick: bool) -> Path:
         "evaluations it needs, which is what the wall-time claim checks.",
         "Training NLL is the data term only (penalties excluded), so the two curves are "
         "comparable.",
+        "Each run starts from the weights this experiment's earlier Python loop drew, "
+        "jax.random.PRNGKey(0) (`model.init_seed: 0`), and trains on the same fresh "
+        "samples per step (data.seed 0).",
+        "Each model is one `nodekit.train` run; test NLL and NFE are the runs' final "
+        "evaluations, the training NLL, NFE and step times their metrics.jsonl rows "
+        "(training time leaves out the compiling first step and the steps that include an "
+        "evaluation, which count at the median step time).",
     ]
     if quick:
         notes.append(f"Quick mode trains {steps} steps; the regularised dynamics have "
                      "barely had time to differ, so none of the claims is expected to "
                      "hold reliably.")
     metrics = {k: {"test_nll": r.test_nll, "eval_nfe": r.eval_nfe, "train_nfe_mean": train_nfe[k],
-                   "train_s": r.train_s, "time_to_level_s": D.time_to_nll(r, level)}
-               for k, r in runs.items()}
+                   "train_s": r.train_s, "time_to_level_s": t_to[k]}
+               for k, r in res.items()}
     metrics["level_nll"] = level
     return write_report(
         workdir, name=NAME, title="finlay2020-rnode: regularised FFJORD (RNODE)", paper=PAPER,
         quick=quick, claims=claims, settings=settings, notes=notes, figures=figs,
-        metrics=metrics, tables=[("Measured", table)], timings=timings,
-        batch_mode=batch_mode_text(D.MODE),
+        metrics=metrics, tables=[("Measured", table)], timings=timings(runs),
+        batch_mode=batch_mode_text(sv.batch_mode),
     )

@@ -1,5 +1,8 @@
 """`grathwohl2019-ffjord`: continuous normalising flows on FFJORD's toy 2-D densities:
-test NLL against the analytic optimum, density heatmaps, exact vs Hutchinson trace."""
+test NLL against the analytic optimum, density heatmaps, exact vs Hutchinson trace.
+
+Runs (`nodekit/configs/papers/grathwohl2019-ffjord/`): `8gaussians`, `circles` (exact
+trace) and `8gaussians-hutchinson` (trained with Hutchinson's estimator)."""
 
 from __future__ import annotations
 
@@ -8,7 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from . import _density as D
-from ._common import Timer, batch_mode_text, check, claim, md_table, write_report
+from ._common import batch_mode_text, check, claim, md_table, plot_curves, write_report
+from ._runs import RunSpec, Runs, reproduce, timings
 
 NAME = "grathwohl2019-ffjord"
 PAPER = ("Grathwohl, Chen, Bettencourt, Sutskever, Duvenaud 2019, FFJORD: Free-form "
@@ -16,59 +20,58 @@ PAPER = ("Grathwohl, Chen, Bettencourt, Sutskever, Duvenaud 2019, FFJORD: Free-f
 CLAIM = "a CNF fits toy densities close to the analytic optimum; Hutchinson's trace is unbiased"
 
 DENSITIES = ("8gaussians", "circles")
+HUTCH = "8gaussians-hutchinson"
 #: How close (nats) to the analytic optimum counts as a fit.
 MARGIN = 0.1
-#: Training steps of the full run. circles needs more: the flow must open a hole and
-#: split the mass into two rings (1000 steps: a blurred single ring, 0.48 nats off;
-#: 4000 steps: 0.02 nats off, its solves growing from ~26 to ~200 NFE on the way).
-FULL_STEPS = {"8gaussians": 1000, "circles": 4000}
+#: Quick mode: 150 steps each. The full runs' steps are in their configs: circles needs
+#: more (4000 against 1000): the flow must open a hole and split the mass into two
+#: rings (1000 steps: a blurred single ring, 0.48 nats off; 4000 steps: 0.02 nats off,
+#: its solves growing from ~26 to ~200 NFE on the way).
+QUICK = ("train.steps=150", "train.eval_every=50", "train.checkpoint_every=50")
+RUNS = (RunSpec("8gaussians", quick=QUICK), RunSpec("circles", quick=QUICK),
+        RunSpec(HUTCH, quick=QUICK))
+#: Noise draws of the Hutchinson estimate of the trained model's test NLL.
+N_DRAWS, QUICK_DRAWS = 20, 8
 
 
-def run(workdir: Path, quick: bool) -> Path:
+def run(workdir: Path, quick: bool = False, **options) -> Path:
+    """Train what is missing of this experiment's runs and write its report."""
+    return reproduce(NAME, RUNS, report, workdir, quick, **options)
+
+
+def report(runs: Runs, workdir: Path, quick: bool) -> Path:
+    """The claims, computed from the runs' files, and the figures."""
     workdir = Path(workdir)
-    steps = {n: 150 if quick else FULL_STEPS[n] for n in DENSITIES}
-    n_draws = 8 if quick else 20
-    runs, floors, timings = {}, {}, {}
-    for name in DENSITIES:
-        with Timer() as t:
-            runs[name] = D.train_density(name, steps=steps[name])
-        timings[f"{name}, exact trace ({steps[name]} steps, incl. compile)"] = t.s
-        floors[name] = D.optimum_nll(name)
-    with Timer() as t:
-        hutch = D.train_density("8gaussians", steps=steps["8gaussians"], trace="hutchinson")
-    timings[f"8gaussians, Hutchinson trace ({steps['8gaussians']} steps, incl. compile)"] = t.s
-    with Timer() as t:
-        h_mean, h_se, h_exact = D.hutchinson_bias(runs["8gaussians"].model,
-                                                  D.test_points("8gaussians"), n_draws)
-    timings[f"Hutchinson estimates of the test NLL ({n_draws} draws)"] = t.s
+    res = {n: D.density_run(runs, n) for n in runs.names}
+    steps = {n: runs.config(n).train.steps for n in runs.names}
+    floors = {n: D.optimum_nll(runs.config(n).data.distribution, D.test_points(runs, n))
+              for n in DENSITIES}
+    n_draws = QUICK_DRAWS if quick else N_DRAWS
+    h_mean, h_se, h_exact = D.hutchinson_bias(runs, "8gaussians", n_draws)
+    hutch = res[HUTCH]
 
     figs = []
-    with Timer() as t:
-        for name in DENSITIES:
-            r = runs[name]
-            panels = [("data samples", "points", D.test_points(name)),
-                      ("true density", "density", D.true_density(name))]
-            panels += D.density_panels(r, f"CNF ({r.test_nll:.2f} nats)")
-            figs.append(D.plot_densities(workdir / f"density_{name}.png", panels))
-        figs.append(D.plot_densities(
-            workdir / "density_8gaussians_hutchinson.png",
-            [("true density", "density", D.true_density("8gaussians"))]
-            + D.density_panels(runs["8gaussians"], "exact trace")
-            + D.density_panels(hutch, "Hutchinson")))
-    timings["heatmaps and samples"] = t.s
-
-    from ._common import plot_curves
-
-    curves = {f"{n} (exact)": (np.arange(runs[n].steps), runs[n].fit.series("nll"))
-              for n in DENSITIES}
-    curves["8gaussians (Hutchinson)"] = (np.arange(hutch.steps), hutch.fit.series("nll"))
+    for name in DENSITIES:
+        r = res[name]
+        panels = [("data samples", "points", D.test_points(runs, name)),
+                  ("true density", "density", D.true_density(name))]
+        panels += D.density_panels(runs, name, f"CNF ({r.test_nll:.2f} nats)")
+        figs.append(D.plot_densities(workdir / f"density_{name}.png", panels))
+    figs.append(D.plot_densities(
+        workdir / "density_8gaussians_hutchinson.png",
+        [("true density", "density", D.true_density("8gaussians"))]
+        + D.density_panels(runs, "8gaussians", "exact trace")
+        + D.density_panels(runs, HUTCH, "Hutchinson")))
+    curves = {f"{n} (exact)": (runs.steps(n), runs.series(n, "loss_task")) for n in DENSITIES}
+    curves["8gaussians (Hutchinson)"] = (runs.steps(HUTCH), runs.series(HUTCH, "loss_task"))
     figs.append(plot_curves(workdir / "nll_curves.png", curves, xlabel="step",
                             ylabel="training NLL (nats, smoothed)", window=20,
                             title="training NLL"))
+    runs_ = {n: res[n] for n in DENSITIES}
 
     claims = []
     for name in DENSITIES:
-        r, floor = runs[name], floors[name]
+        r, floor = runs_[name], floors[name]
         claims.append(claim(
             f"{name}: the CNF's test NLL comes within {MARGIN} nats of the analytic optimum",
             "Fig. 2: FFJORD's densities match the toy data (qualitative)",
@@ -82,7 +85,7 @@ def run(workdir: Path, quick: bool) -> Path:
         "Sec. 3.1: unbiased stochastic estimate of log-density",
         f"mean of {n_draws} estimates {h_mean:.4f} ± {h_se:.4f} (s.e.) vs exact {h_exact:.4f}",
         check(gap, "<=", 3 * h_se, "|mean - exact|", "3 s.e.")))
-    e8 = runs["8gaussians"]
+    e8 = runs_["8gaussians"]
     claims.append(claim(
         "Training with the Hutchinson estimator reaches a test NLL close to exact-trace "
         f"training (within {MARGIN} nats)",
@@ -91,20 +94,27 @@ def run(workdir: Path, quick: bool) -> Path:
         f"{e8.test_nll:.3f}",
         check(hutch.test_nll - e8.test_nll, "<", MARGIN, "Hutchinson - exact")))
 
-    rows = [[n, f"{runs[n].test_nll:.3f}", f"{floors[n]:.3f}", f"{runs[n].test_nll - floors[n]:.3f}",
-             f"{runs[n].eval_nfe:.0f}", f"{runs[n].train_s:.1f}"] for n in DENSITIES]
+    rows = [[n, f"{runs_[n].test_nll:.3f}", f"{floors[n]:.3f}", f"{runs_[n].test_nll - floors[n]:.3f}",
+             f"{runs_[n].eval_nfe:.0f}", f"{runs_[n].train_s:.1f}"] for n in DENSITIES]
     rows.append(["8gaussians (Hutchinson)", f"{hutch.test_nll:.3f}", f"{floors['8gaussians']:.3f}",
                  f"{hutch.test_nll - floors['8gaussians']:.3f}", f"{hutch.eval_nfe:.0f}",
                  f"{hutch.train_s:.1f}"])
     table = md_table(["Density", "Test NLL (nats)", "Analytic optimum", "Gap",
-                      "NFE (joint test solve)", "Train time (s, excl. compile)"], rows)
+                      "NFE (joint test solve)", "Train time (s, excl. compile and evals)"], rows)
+    c = runs.config("8gaussians")
+    f, sv = c.model.field, c.solver
     settings = {
-        "model": f"CNF, MLP field {D.DEPTH}x{D.WIDTH} tanh with t as input, T = 1",
-        "solver": f"tsit5, rtol = atol = {D.TOL:g}, backprop through the solver (recursive)",
-        "training": f"Adam lr {D.LR:g}, batch {D.BATCH} fresh samples per step, "
-                    + ", ".join(f"{steps[n]} steps ({n})" for n in DENSITIES),
-        "test set": f"{D.N_TEST} samples per density (seed 10001), scored with the exact trace",
-        "Hutchinson": "Gaussian noise, one vector per sample per solve",
+        "configs": f"nodekit/configs/papers/{NAME}/" + ", ".join(f"{n}.yaml" for n in runs.names),
+        "model": f"CNF, MLP field {f.depth}x{f.width} {f.activation} with t as input, "
+                 f"T = {c.model.cnf.t1:g}",
+        "solver": f"{sv.name}, rtol = atol = {sv.rtol:g}, backprop through the solver "
+                  f"({sv.adjoint}), the batch as one joint solve",
+        "training": f"Adam lr {c.optimizer.learning_rate:g}, batch {c.train.batch_size} fresh "
+                    "samples per step, " + ", ".join(f"{steps[n]} steps ({n})" for n in DENSITIES),
+        "test set": f"{c.data.n_test} samples per density (seed {c.data.test_seed}), scored "
+                    "with the exact trace (each run's final evaluation)",
+        "Hutchinson": f"{runs.config(HUTCH).model.cnf.noise} noise, one vector per sample per "
+                      "solve",
     }
     notes = [
         "The analytic optimum is the true density's own mean negative log-density on the "
@@ -122,20 +132,27 @@ def run(workdir: Path, quick: bool) -> Path:
         "optimum); it trains 4000 here (a schedule set after that run missed, and said so), "
         "and its solves grow several-fold in NFE as the rings separate (see the NFE column).",
     ]
+    notes.append("Each CNF is one `nodekit.train` run; test NLLs and NFE are the runs' "
+                 "final evaluations (metrics.jsonl), the curves their training rows, and the "
+                 "Hutchinson estimates and figures use the final checkpoints. Each starts "
+                 "from the weights this experiment's earlier Python loop drew, "
+                 "jax.random.PRNGKey(0) (`model.init_seed: 0`), and trains on the same fresh "
+                 "samples per step (data.seed 0); the Hutchinson run's noise vectors come "
+                 "from the run's seed and differ from the earlier loop's.")
     if quick:
         notes.append(f"Quick mode trains {steps['circles']} steps: far from converged, so the "
                      "optimum-gap claims are not expected to hold.")
     metrics = {
-        "test_nll": {n: runs[n].test_nll for n in DENSITIES},
+        "test_nll": {n: runs_[n].test_nll for n in DENSITIES},
         "optimum_nll": floors,
         "hutchinson_test_nll": hutch.test_nll,
         "hutchinson_estimate": {"mean": h_mean, "se": h_se, "exact": h_exact},
-        "eval_nfe": {n: runs[n].eval_nfe for n in DENSITIES},
-        "train_s": {n: runs[n].train_s for n in DENSITIES} | {"8gaussians_hutchinson": hutch.train_s},
+        "eval_nfe": {n: runs_[n].eval_nfe for n in DENSITIES},
+        "train_s": {n: runs_[n].train_s for n in DENSITIES} | {"8gaussians_hutchinson": hutch.train_s},
     }
     return write_report(
         workdir, name=NAME, title="grathwohl2019-ffjord: CNFs on toy 2-D densities",
         paper=PAPER, quick=quick, claims=claims, settings=settings, notes=notes,
-        figures=figs, metrics=metrics, tables=[("Measured", table)], timings=timings,
-        batch_mode=batch_mode_text(D.MODE),
+        figures=figs, metrics=metrics, tables=[("Measured", table)], timings=timings(runs),
+        batch_mode=batch_mode_text(c.solver.batch_mode),
     )

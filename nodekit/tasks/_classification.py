@@ -16,6 +16,7 @@ from .._fields import MLPField
 from .._neural_ode import NeuralODE
 from ._base import AbstractTask
 from ._common import (
+    batch_index,
     cast_floats,
     check_batch_size,
     eval_mode,
@@ -73,7 +74,8 @@ class ClassificationTask(AbstractTask):
 
     Loss: softmax cross-entropy (classes) or the mean squared error to ±1 targets.
     Batches are `train.batch_size` examples per step, an epoch's random permutation at
-    a time (`nodekit.data.batch_indices`). Evaluation: loss and accuracy on the test
+    a time (`nodekit.data.batch_indices`; `train.batch_order: random` draws each step's
+    batch anew). Evaluation: loss and accuracy on the test
     part (`eval_loss`, `eval_accuracy`) and the solves' NFE.
 
     **Example:**
@@ -206,9 +208,7 @@ class ClassificationTask(AbstractTask):
         return cast_floats(model, self.dtype)
 
     def batch(self, step: int):
-        from ..data import batch_indices
-
-        i = batch_indices(self.config.seed, step, self.n_train, self.config.train.batch_size)
+        i = batch_index(self.config, step, self.n_train)  # (train.batch_order)
         return {"x": self.train_x[i], "y": self.train_y[i]}
 
     def _loss(self, model, x, y, mode):

@@ -89,9 +89,16 @@ def solve_batch_regularised(field, y0s, ts, regularisers, key, config: Config, m
     mode = mode or config.solver.batch_mode
     quadrature = config.regularisation.quadrature
     if jnp.ndim(ts) == 2 and ts.shape[0] == 1:  # one sample: solved as such, not vmapped
-        ys, penalties, aux = solve_batch_regularised(field, y0s, ts[0], regularisers, key,
-                                                     config, mode="vmap")
-        return ys, penalties, aux
+        if regularisers:
+            from .._regularisers import regularised_odeint
+
+            ys, penalties, stats = regularised_odeint(field, y0s[0], ts[0], regularisers,
+                                                      key=key, quadrature=quadrature,
+                                                      throw=False, **solve_kwargs(config))
+        else:
+            sol = NeuralODE(field, **solve_kwargs(config)).solve(ts[0], y0s[0], throw=False)
+            ys, stats, penalties = sol.ys, sol.stats, jnp.zeros((0,), y0s.dtype)
+        return ys[None], penalties, _stats_aux(stats, 1, True)
     if jnp.ndim(ts) == 2:
         n = y0s.shape[0]
         if regularisers:
@@ -358,6 +365,20 @@ def check_batch_size(config: Config, n_train: int, what: str) -> None:
                                               f"be the whole training set: set "
                                               f"train.batch_size={n_train} (or train with adam "
                                               "on minibatches).")
+
+
+def batch_index(config: Config, step: int, n: int) -> np.ndarray:
+    """The indices of step `step`'s batch from `n` training items, as
+    `train.batch_order` says: `epochs` (default; `nodekit.data.batch_indices`: each
+    epoch a permutation) or `random` (drawn anew each step, without replacement, by
+    `numpy.random.default_rng(seed * 2**32 + step)`). A pure function of the seed and
+    the step, so a resumed run draws the same batches."""
+    bs = config.train.batch_size
+    if config.train.batch_order == "random":
+        return np.random.default_rng(config.seed * 2**32 + step).choice(n, bs, replace=False)
+    from ..data import batch_indices
+
+    return batch_indices(config.seed, step, n, bs)
 
 
 def batch_rng(config: Config, step: int) -> np.random.Generator:

@@ -15,6 +15,7 @@ from .._errors import InputError
 from ._base import AbstractTask
 from ._common import (
     as_data,
+    batch_index,
     cast_floats,
     check_batch_size,
     file_fingerprint,
@@ -143,9 +144,7 @@ class LatentTask(AbstractTask):
         return cast_floats(model, self.dtype)
 
     def batch(self, step: int):
-        from ..data import batch_indices
-
-        i = batch_indices(self.config.seed, step, self.n_train, self.config.train.batch_size)
+        i = batch_index(self.config, step, self.n_train)  # (train.batch_order)
         out = {"values": self.train_values[i], "mask": self.train_mask[i]}
         if self.train_times is not None:
             out["times"] = self.train_times[i]

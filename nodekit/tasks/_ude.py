@@ -20,6 +20,7 @@ from ._common import (
     UserTarget,
     add_penalties,
     as_data,
+    batch_index,
     build_regularisers,
     cast_floats,
     check_batch_size,
@@ -160,6 +161,10 @@ class UDETask(AbstractTask):
         check_batch_size(config, self.n_train, "series")
         self._arrays = self._series_arrays(self.train, self._y0)
         self._eval = self._series_arrays(self.eval_series, self._eval_y0)
+        # every point of every series observed (no padding): the loss is the plain mean,
+        # computed as nodekit.models.trajectory_loss computes it
+        self._dense = all(bool(np.all(a["mask"] == 1)) for a in (
+            self._arrays, self._eval, *([self._final_test] if self._final_test else [])))
         key = jax.random.PRNGKey(0)
         p = m.physics
         if p is not None and p.type == "python":
@@ -223,17 +228,18 @@ class UDETask(AbstractTask):
         return UDE(self._physics(), neural, **solve_kwargs(self.config))
 
     def batch(self, step: int):
-        from ..data import batch_indices
-
-        i = batch_indices(self.config.seed, step, self.n_train, self.config.train.batch_size)
+        i = batch_index(self.config, step, self.n_train)  # (train.batch_order)
         return {k: v[i] for k, v in self._arrays.items()}
 
     def _mse(self, model, b, key, regularisers=()):
         ys, penalties, aux = solve_batch_regularised(model.ode.field, as_data(b["y0"]),
                                                      as_data(b["ts"]), regularisers, key,
                                                      self.config)
-        mask = jnp.asarray(b["mask"])
-        err = jnp.sum(mask * (ys - b["obs"]) ** 2) / jnp.maximum(jnp.sum(mask), 1.0)
+        if self._dense:
+            err = jnp.mean((ys - b["obs"]) ** 2)
+        else:
+            mask = jnp.asarray(b["mask"])
+            err = jnp.sum(mask * (ys - b["obs"]) ** 2) / jnp.maximum(jnp.sum(mask), 1.0)
         return err, penalties, aux, ys
 
     def loss(self, model, batch, key):
