@@ -48,7 +48,7 @@ def test_four_host_devices_match_one(tmp_path):
     """The joint batch (one ODE state, on nodekit's engine) split over 4 devices: the
     step-size controller's error norm then spans devices, the harder case for sharding
     (a vmapped batch is per-sample by construction)."""
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+    env = dict(os.environ, XLA_FLAGS=os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4",
                JAX_PLATFORMS="cpu")
     script = tmp_path / "shard.py"
     script.write_text(SCRIPT)

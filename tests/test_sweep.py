@@ -23,9 +23,6 @@ import yaml
 import nodekit
 from nodekit._checkpoint import payload_arrays, read_header
 
-# one worker runs them all (the module's sweep fixture is built once)
-pytestmark = pytest.mark.xdist_group("sweep")
-
 BASE = {
     "precision": "float64",
     "data": {"n_points": 100, "batch_time": 5},
@@ -340,7 +337,7 @@ def test_members_spread_over_devices_match_one_device(tmp_path):
     """3 members on 2 emulated devices (padded to 4, the pad masked) against 1 device."""
     script = tmp_path / "multi.py"
     script.write_text(MULTI)
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+    env = dict(os.environ, XLA_FLAGS=os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2",
                JAX_PLATFORMS="cpu")
     p = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True,
                        text=True, env=env, timeout=900)
