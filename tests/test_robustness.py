@@ -117,6 +117,10 @@ def assert_bad_input(rc, out, err, *needles) -> str:
 # --------------------------------------------------------------------------- interrupted runs
 
 
+# slow: four CLI processes (about 15 s of CPU); the default suite's stop-and-resume
+# checks are tests/test_faults.py's (in-process SIGINT, rerun bit for bit) and
+# tests/test_train.py's resume into more steps
+@pytest.mark.slow
 def test_interrupted_runs_resume_bitwise(tmp_path):
     """SIGTERM at a random step, rerun, SIGKILL at a later random step, rerun to the end:
     the checkpoints (model and optimiser state) and the logged numbers equal those of an
