@@ -445,7 +445,9 @@ def test_quick_run_writes_report_and_claims(name, tmp_path):
 def test_reproduce_from_an_installed_wheel(tmp_path):
     """Built as a wheel and installed into a fresh virtualenv outside the checkout,
     `nodekit reproduce NAME --quick` finds its configs in the package and writes its
-    report (the virtualenv reuses this one's dependencies through a .pth file)."""
+    report; `nodekit train tiny` trains a built-in config by name, and `nodekit.load`
+    gives back a model that predicts and plots (the virtualenv reuses this one's
+    dependencies through a .pth file)."""
     import os
     import subprocess
     import sys
@@ -480,3 +482,20 @@ def test_reproduce_from_an_installed_wheel(tmp_path):
     root = elsewhere / "runs" / "reproduce" / "chen2018-spiral" / QUICK_DIR
     assert (root / "report.md").is_file() and (root / "spiral" / "summary.json").is_file()
     assert f"report: {Path('runs/reproduce/chen2018-spiral') / QUICK_DIR / 'report.md'}" in done.stdout
+    # a built-in config by name, then the trained model loaded in Python and plotted
+    trained = subprocess.run([str(env_dir / "bin" / "nodekit"), "train", "tiny", "--workdir",
+                              "tiny-run", "--set", "train.steps=20", "--set", "train.plots=false"],
+                             capture_output=True, text=True, cwd=elsewhere, env=env, timeout=900)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    use = (
+        "import nodekit, numpy as np\n"
+        "from nodekit.plots import plot_trajectory\n"
+        "run = nodekit.load('tiny-run')\n"
+        "ts, ys = run.task.ts, run.task.ys\n"
+        "pred = np.asarray(run.model(ts, ys[0]))\n"
+        "assert pred.shape == ys.shape and np.isfinite(pred).all()\n"
+        "print(run.step, plot_trajectory(np.asarray(ts), np.asarray(ys), pred, 'fit.png'))\n")
+    used = subprocess.run([str(py), "-c", use], capture_output=True, text=True, cwd=elsewhere,
+                          env=env, timeout=600)
+    assert used.returncode == 0, used.stderr[-3000:]
+    assert (elsewhere / "fit.png").stat().st_size > 1000
