@@ -377,6 +377,9 @@ class _Run:
         self.words = _Words(cli, self.wd.path)
         self.console = console
         self.t_start = t_start
+        #: what `time_to_first_step_s` counts from: the process start for the `nodekit`
+        #: command, the call for `nodekit.train` (a notebook may call it many times)
+        self.t_origin = _signals.PROCESS_START if cli else t_start
         self.writer = True
         self.opened = False
         self.log: MetricsLog | None = None
@@ -738,7 +741,7 @@ class _Run:
         the metrics row and the console. Returns `(steps done, whether it was logged)`."""
         cfg = self.config.train
         if self.t_first is None:
-            self.t_first = now - _signals.PROCESS_START
+            self.t_first = now - self.t_origin
             self.first_step_s = now - self.t_step_start
         else:
             self.step_times.append(host["step_time_s"])
