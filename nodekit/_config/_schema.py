@@ -32,6 +32,7 @@ from .._errors import ConfigError, closest
 from .._fields import ACTIVATIONS
 from .._neural_ode import BATCH_MODES
 from .._odeint import ADJOINTS, ENGINES, SOLVERS
+from .._settings import CHECKPOINT_BUDGET_BYTES
 
 
 #: Optimisers by their Optax names. `lbfgs` (L-BFGS with a zoom line search) is for
@@ -140,15 +141,17 @@ class FieldConfig(_Strict):
                           "channels of the convolutions; for the latent task: the latent "
                           "field's and the ODE-RNN's MLPs, or the `rnn` baseline's readout)")
     depth: NonNegInt = Field(2, le=64, description="hidden layers of the MLP (0: a linear "
-                             "map); not used by the `odenet` and `resnet` classifiers")
+                             "map); not used by the `odenet` and `resnet` classifiers or the "
+                             "`rnn` baseline")
     activation: _names(ACTIVATIONS) = Field(
         "tanh", description="the MLP's activation function, by name. The density task's "
         "trace differentiates the field: prefer a smooth one there (`tanh`, `softplus`)")
     time_dependent: bool = Field(
         False, description="feed the time `t` to the MLP as an extra input (a "
         "non-autonomous field `f(t, y)`); off: `f(y)`. The density task's flow is always "
-        "time-dependent. A time-dependent field on the trajectory task solves each segment "
-        "on its own times, so `solver.batch_mode: joint` is refused with a data file")
+        "time-dependent; the latent task and the `odenet` and `resnet` classifiers do not "
+        "use the key. A time-dependent field on the trajectory task solves each segment "
+        "of a data file on its own times, so `solver.batch_mode: joint` is refused there")
     input_power: PosInt = Field(1, le=9, description="raise the state elementwise to this "
                                 "power before the MLP, `MLP(y**p)` (torchdiffeq's `ode_demo` "
                                 "spiral uses 3); `mlp` fields of the trajectory, density and "
@@ -322,7 +325,8 @@ class ClassifierConfig(_Strict):
     readout: Literal["linear", "none"] = Field(
         "linear", description="how the prediction is read off the final state: `linear` (a "
         "learned linear map) or `none` (the state's first coordinate is the prediction, as "
-        "in Dupont et al.'s 1-D example; `anode` on vectors with `loss: mse` only)")
+        "in Dupont et al.'s 1-D example; only for the `anode` model on ±1 targets, not "
+        "with `loss: cross_entropy`)")
     loss: Literal["auto", "cross_entropy", "mse"] = Field(
         "auto", description="`cross_entropy` (softmax cross-entropy on integer classes), "
         "`mse` (mean squared error to targets of ±1, as Dupont et al.), or `auto` (chosen "
@@ -446,7 +450,8 @@ class SolverConfig(_Strict):
     checkpoints: Union[PosInt, Literal["auto"], None] = Field(
         "auto", description="solver steps the `recursive` adjoint stores for the backward "
         "pass (fewer: less memory, more recomputation): `auto` (nodekit's engine keeps "
-        "about 2·sqrt(max_steps) states; Diffrax stores every step when they fit in 16 MiB, "
+        "about 2·sqrt(max_steps) states; Diffrax stores every step when they fit in "
+        f"{CHECKPOINT_BUDGET_BYTES // 2**20} MiB, "
         "else uses its default), null (Diffrax's default, about log2(max_steps)), or a "
         "count of steps to store (below `max_steps`, the solves run on Diffrax)")
     engine: _names(ENGINES) = Field(
@@ -454,7 +459,8 @@ class SolverConfig(_Strict):
         "Runge-Kutta engine where it applies: adaptive `dopri5` or `tsit5` without `dt0`, "
         "the `recursive` adjoint with `checkpoints: auto` or the `backsolve` adjoint, one "
         "solve or a `joint` batch, no regularisers or `regularisation.quadrature: "
-        "augmented`, its stored states within 16 MiB; else Diffrax), `diffrax` (always "
+        f"augmented`, its stored states within {CHECKPOINT_BUDGET_BYTES // 2**20} MiB; else "
+        "Diffrax), `diffrax` (always "
         "Diffrax), or `nodekit` (the engine; settings it cannot run are refused, naming "
         "why). The integrator used is recorded in `metrics.jsonl` and `summary.json`")
 
@@ -503,15 +509,16 @@ class OptimizerConfig(_Strict):
     clip_norm: PosFloat | None = Field(
         None, description="clip the gradients to this global norm before each update; "
         "null: no clipping. A remedy for a loss that turns non-finite")
-    weight_decay: float = Field(0.0, ge=0, description="weight decay: `adamw`'s decoupled "
-                                "decay; for the other optimisers `weight_decay * params` is "
-                                "added to the gradient before the update (the gradient of an "
-                                "L2 penalty). 0: none")
+    weight_decay: float = Field(0.0, ge=0, description="weight decay: for `adamw` its "
+                                "decoupled decay (so the default 0 means none, not Optax's "
+                                "default; `kwargs.weight_decay` also sets it); for the other "
+                                "optimisers `weight_decay * params` is added to the gradient "
+                                "before the update (the gradient of an L2 penalty). 0: none")
     kwargs: dict[str, float] = Field(
         {}, description="extra keyword arguments of the Optax optimiser (numbers), e.g. "
         "`{b1: 0.9, b2: 0.99}` for `adam`; each must be one of its arguments. For `lbfgs`: "
-        "`memory_size` (default 10) and `max_linesearch_steps` (default 20), positive "
-        "integers")
+        + " and ".join(f"`{k}` (default {v})" for k, v in LBFGS_KWARGS.items())
+        + ", positive integers")
 
     @model_validator(mode="before")
     @classmethod
@@ -621,12 +628,14 @@ class TrainConfig(_Strict):
         "tasks draw each batch at random and refuse the key")
     on_nonfinite: Literal["stop", "skip_step"] = Field(
         "stop", description="what a non-finite loss or gradient does: `stop` (the run "
-        "ends with exit code 3, the last good checkpoint saved, and advice) or `skip_step` "
-        "(that step's update is not applied, the row is marked `skipped`, training goes on)")
+        "stops as a training fault, exit code 3 from `nodekit train`, with the last good "
+        "checkpoint saved and what to try) or `skip_step` (that step's update is not "
+        "applied, its metrics row is marked `skipped`, and training goes on)")
     max_solver_failures: float = Field(
         0.0, ge=0, le=1, description="the fraction of a batch's solves that may fail (e.g. "
-        "run past `solver.max_steps`) before the run stops with exit code 3 (the last good "
-        "checkpoint saved); 0: any failed solve stops it"
+        "run past `solver.max_steps`) in a step; more stops the run as a training fault "
+        "(exit code 3 from `nodekit train`, the last good checkpoint saved). 0: any failed "
+        "solve stops it"
     )
     progress: bool = Field(True, description="report progress on stderr: a line per phase, "
                            "then a live bar on a terminal, or a plain line at most every 5 s "
@@ -907,8 +916,8 @@ class FileData(_Strict):
         "solve whole series and refuse it")
     val_fraction: Fraction = Field(
         0.0, description="the fraction of the series (or samples, or examples) held out "
-        "at random for validation: periodic evaluation then uses it, and the test part is "
-        "reported once at the end (`test_loss` in `summary.json`)")
+        "at random for validation: periodic evaluation then uses it, and the test part, if "
+        "any, is evaluated once at the end (`test_loss` in `summary.json`)")
     test_fraction: Fraction = Field(
         0.0, description="the fraction held out at random for testing; periodic "
         "evaluation uses it when there is no validation part. With neither, evaluation "
@@ -1004,10 +1013,11 @@ class TaylorConfig(_Strict):
     order: int = Field(2, ge=2, le=8, description="`K`, the order of the time derivative "
                        "penalised (TayNODE uses 2 or 3); the cost grows with it")
     method: Literal["jet", "jvp"] = Field(
-        "jet", description="how derivatives of order 3 and up are taken: `jet` (Taylor-mode "
+        "jet", description="how the time derivatives are taken: `jet` (order 2 from the "
+        "linearisation the field evaluation already makes; orders 3 and up by Taylor-mode "
         "AD, cost about quadratic in `order`) or `jvp` (nested Jacobian-vector products, "
-        "cost exponential in `order`; a cross-check, and the way out where `jet` lacks a "
-        "rule). Order 2 costs the same either way")
+        "cost exponential in `order`: a cross-check, and the way out where `jet` lacks a "
+        "rule for an operation of your field)")
 
 
 class SteerConfig(_Strict):
@@ -1031,7 +1041,7 @@ class RegularisationConfig(_Strict):
 
     kinetic: KineticConfig | None = Field(
         None, description="kinetic energy penalty, weight * integral of ||f(t, y)||^2 dt "
-        "(RNODE): straighter, slower trajectories; null: off")
+        "(RNODE): favours straight, constant-speed trajectories; null: off")
     jacobian: JacobianConfig | None = Field(
         None, description="Jacobian Frobenius penalty, weight * integral of "
         "||df/dy||_F^2 dt (RNODE): less stiff dynamics; null: off")
@@ -1079,12 +1089,12 @@ class SweepConfig(_Strict):
         {}, description="dotted config keys (as `--set` takes them) to lists of values; "
         "every combination is a member, e.g. `{optimizer.learning_rate: [1.0e-3, "
         "3.0e-3], regularisation.kinetic: [0.0, 0.01]}` is 4 members. `nodekit sweep "
-        "--grid` adds keys or replaces them. Not sweepable: `sweep`, `distributed`, "
-        "`train.devices`, `train.progress`, `train.compile_cache`")
+        "--grid` adds keys or replaces them. Not sweepable: "
+        + ", ".join(f"`{k}`" for k in UNSWEPT_KEYS))
     seeds: PosInt = Field(1, le=MAX_SWEEP_MEMBERS, description="seeds per grid point: the "
                           "config's `seed`, `seed + 1`, ... (`--seeds` overrides it); 1 "
-                          "when the grid varies `seed` itself. At most 10000 members in "
-                          "all")
+                          "when the grid varies `seed` itself. At most "
+                          f"{MAX_SWEEP_MEMBERS} members (grid points x seeds) in all")
 
     _raw: dict | None = PrivateAttr(None)  # the base config's raw data (members start there)
 
