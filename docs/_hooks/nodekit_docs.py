@@ -188,11 +188,11 @@ def _sentence(text: str) -> str:
 
 
 def _intro(model) -> str:
-    """The first paragraph of a section's docstring, on one line."""
+    """A section's docstring up to its example, as Markdown."""
     import inspect
 
     doc = inspect.cleandoc(model.__doc__ or "")
-    return " ".join(doc.split("\n\n")[0].split())
+    return doc.split("**Example:**")[0].strip()
 
 
 def _section_table(key: str, model, missing: list) -> list[str]:

@@ -202,14 +202,8 @@ def _check_target(target: str, key: str) -> None:
 
 
 class PhysicsConfig(_Strict):
-    """The known physics of a universal differential equation (task `ude`).
-
-    `type: lotka_volterra` is the UDE paper's prey growth and predator decay
-    `(alpha x, -delta y)` (`kwargs`: `alpha`, `delta`; default the data's rates);
-    `type: python` imports `target` (`"module:Name"`) like `model.field` and calls it
-    with `kwargs`: it must return an Equinox module `f(t, y, args)`. With
-    `learnable: false` (default) its array fields stay fixed; `true` fits them too.
-    """
+    """The known physics of a universal differential equation (task `ude`): the model
+    is `dy/dt = physics(t, y) + field(t, y)`, with `model.field` the learned term."""
 
     type: Literal["lotka_volterra", "python"] = Field(
         "python", description="the known term: `lotka_volterra` (the UDE paper's prey "
@@ -296,20 +290,9 @@ class CNFConfig(_Strict):
 
 
 class ClassifierConfig(_Strict):
-    """The model of the `classification` task.
-
-    - `type`: `odenet` (Chen et al.'s ODE-Net on images: a downsampling stem, one ODE
-      block of a convolutional field with `model.field.width` channels, a head),
-      `resnet` (the same stem and head with `num_blocks` residual blocks), `anode` (a
-      neural ODE on vectors, augmented by `model.augment_dim` zeros, with the MLP field
-      of `model.field`), or `auto` (`odenet` for images, `anode` for vectors).
-    - `t1`: the ODE block's end time.
-    - `readout`: `linear` (a learned map of the final state), or `none` (the first
-      coordinate of the final state is the prediction, as Dupont et al.'s 1-D example;
-      `anode` with `loss: mse` only).
-    - `loss`: `cross_entropy` (integer classes), `mse` (targets of ±1, as Dupont et
-      al.), or `auto` (from the labels).
-    """
+    """The model of the `classification` task: Chen et al.'s ODE-Net on images, a
+    ResNet baseline with the same stem and head, or an ANODE (an augmented neural ODE)
+    on vectors; how its prediction is read off the final state, and its loss."""
 
     type: Literal["auto", "odenet", "resnet", "anode"] = Field(
         "auto", description="the model: `odenet` (Chen et al.'s ODE-Net on images: a "
@@ -368,13 +351,11 @@ class LatentConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    """The model. `field` and `augment_dim` are shared; `cnf` (density),
+    """The model. `field`, `augment_dim` and `init_seed` are shared; `cnf` (density),
     `classifier` (classification), `latent` (latent), `physics` and
-    `sparse_regression` (ude) belong to one task each and are filled with their
-    defaults for that task. `init_seed` fixes the initial weights on their own: they
-    are drawn with `jax.random.PRNGKey(init_seed)` instead of a key split from the
-    run's `seed` (which still draws the training keys), e.g. to start from the same
-    weights as a model built in Python with that key."""
+    `sparse_regression` (ude) belong to one task each and are refused for the others.
+    `cnf`, `classifier` and `latent` are filled with their defaults for their task;
+    `physics` and `sparse_regression` stay off unless given."""
 
     field: FieldConfig = Field(
         FieldConfig(), description="the vector field: a built-in MLP or your own module "
@@ -483,7 +464,8 @@ class OptimizerConfig(_Strict):
     `weight_decay` are refused (they would change the gradients without changing the
     loss the line search measures). `kwargs` may set `memory_size` and
     `max_linesearch_steps`. The config is also refused with minibatches or stochastic
-    terms in the loss (see `Config`).
+    terms in the loss (STEER's end time, Hutchinson noise, fresh samples each step, the
+    latent ODE's posterior sample).
     """
 
     name: _names(OPTIMIZERS) = Field(
@@ -720,13 +702,8 @@ def _toy2d_names():
 
 
 class Toy2DData(_Strict):
-    """FFJORD's toy 2-D densities (`nodekit.data.sample_toy2d`), for the `density` task.
-
-    `n_train` samples are drawn once (seed `seed`, default the run's seed), or, with
-    `resample: true`, a fresh batch is drawn every step (as FFJORD's toy runs; step
-    `s` draws with seed `seed * 1000003 + s`). The test set has `n_test` samples drawn
-    with `test_seed` (default the run's seed + 10007).
-    """
+    """FFJORD's toy 2-D densities (`nodekit.data.sample_toy2d`), for the `density` task:
+    a fixed training set or a fresh batch every step, and a separate test set."""
 
     name: Literal["toy2d"] = Field("toy2d", description="the data set: FFJORD's toy 2-D "
                                    "densities (task `density`)")
@@ -883,14 +860,9 @@ class FileData(_Strict):
     - Labelled examples (task `classification`): an NPZ with `x` (`(N, D)` vectors or
       `(N, C, H, W)` images) and `y` (`(N,)` integer classes, or ±1 targets).
 
-    Series (or samples, or examples) are split at random by `seed` (default the run's
-    seed): `test_fraction` and `val_fraction` are held out. Periodic evaluation uses
-    the validation part if any, else the test part, else the training data; the test
-    metrics then also go into `summary.json` at the end. With `normalise`, each state
-    coordinate (or input feature) is standardised by the training part's mean and
-    standard deviation (default: on, except for a `python` field or a UDE, whose
-    physics works in the data's own units). `batch_time` (task `trajectory`): points
-    per training segment (default 10).
+    The file is split at random into training, validation and test parts
+    (`val_fraction`, `test_fraction`, `seed`) and, by default, standardised
+    (`normalise`).
     """
 
     name: Literal["file"] = Field("file", description="your own data file (every task)")
@@ -1029,14 +1001,9 @@ class SteerConfig(_Strict):
 
 class RegularisationConfig(_Strict):
     """Penalties that keep learned dynamics easy to solve; each is off unless given.
-
-    `quadrature` says how the penalties' integrals are taken along the solve:
-    `trapezoid` (default: the integrands once per solver step, the steps those of the
-    unregularised solve; kinetic energy alone rides on the stages' field values for
-    free) or `augmented` (running integrals in the ODE state, evaluated
-    at every stage and under error control, as RNODE's and TayNODE's code do; several
-    times dearer). See `nodekit.regularised_odeint`. The `trajectory`, `density` and
-    `ude` tasks integrate them; STEER applies to `density` only.
+    The `trajectory`, `density` and `ude` tasks integrate them along the training solves
+    (`quadrature`; see `nodekit.regularised_odeint`) and add `weight * integral` to the
+    loss; STEER applies to `density` only.
     """
 
     kinetic: KineticConfig | None = Field(
@@ -1074,12 +1041,8 @@ UNSWEPT_KEYS = ("sweep", "distributed", "train.devices", "train.progress",
 
 class SweepConfig(_Strict):
     """A sweep (`nodekit sweep CONFIG`, `nodekit.sweep`): every combination of the
-    `grid`'s values, each trained with `seeds` seeds (the config's `seed`, `seed + 1`,
-    ...), each member a run of the config with those values set.
-
-    - `grid`: dotted config keys (as `--set` takes them) to lists of values, e.g.
-      `{"optimizer.learning_rate": [1e-3, 3e-3], "regularisation.kinetic": [0, 0.01]}`.
-    - `seeds`: seeds per grid point (a grid over `seed` itself takes 1 here).
+    `grid`'s values, each trained with `seeds` seeds, each member a run of the config
+    with those values set.
 
     The section belongs to `nodekit sweep`; `nodekit train` refuses a config holding
     it, and `nodekit validate` checks every member.
