@@ -38,36 +38,43 @@ class DocsBuildError(PluginError):
 
 
 # --------------------------------------------------------------------------- config
+#
+# The config reference: one table per section (pydantic model), walked depth first
+# from `Config` (then the `sweep:` section, which `nodekit sweep` reads beside it).
+# Each row: the key path, its type, default, allowed values (names, bounds) and the
+# field's `description=`; a field without one fails the build.
 
 
-def _type_text(annotation) -> tuple[str, str]:
-    """`(type, allowed values)` of a field annotation, in the words of a YAML user."""
-    origin = typing.get_origin(annotation)
-    args = typing.get_args(annotation)
-    if origin is typing.Annotated:
-        return _type_text(args[0])
-    if origin is typing.Literal:
-        kinds = {type(a).__name__ for a in args}
-        kind = "name" if kinds == {"str"} else " or ".join(sorted(kinds))
-        return kind, ", ".join(f"`{a}`" for a in args)
-    if origin in (typing.Union, types.UnionType):
-        parts = [_type_text(a) for a in args if a is not type(None)]
-        kind = " or ".join(dict.fromkeys(p[0] for p in parts))
-        allowed = "; ".join(p[1] for p in parts if p[1])
-        if type(None) in args:
-            kind += " or null"
-        return kind, allowed
-    if origin in (list, tuple):
-        inner = _type_text(args[0])[0] if args else "value"
-        return f"list of {inner}", ""
-    if origin is dict:
-        return "mapping", ""
-    if isinstance(annotation, type):
-        if _is_section(annotation):
-            return "section", ""
-        return {"int": "integer", "float": "number", "bool": "boolean", "str": "text"}.get(
-            annotation.__name__, annotation.__name__), ""
-    return str(annotation).replace("typing.", ""), ""
+def _plain_number(v) -> str:
+    """A bound as a reader writes it: `1,000,000`, `0.001`, `1e6`."""
+    if isinstance(v, float) and v.is_integer() and abs(v) < 1e5:
+        v = int(v)
+    if isinstance(v, int):
+        return f"{v:,}"
+    return f"{v:g}".replace("e+0", "e").replace("e-0", "e-").replace("e+", "e")
+
+
+def _bounds_text(metadata) -> str:
+    """The tightest lower and upper bounds among pydantic/annotated-types constraints,
+    e.g. `≥ 20, ≤ 1,000,000` (a `gt=0` under a `ge=20` says nothing more)."""
+    lower = upper = None  # (value, inclusive)
+    for m in metadata:
+        for attr, inclusive, is_lower in (("gt", False, True), ("ge", True, True),
+                                          ("lt", False, False), ("le", True, False)):
+            v = getattr(m, attr, None)
+            if v is None:
+                continue
+            if is_lower:
+                if lower is None or v > lower[0] or (v == lower[0] and not inclusive):
+                    lower = (v, inclusive)
+            elif upper is None or v < upper[0] or (v == upper[0] and not inclusive):
+                upper = (v, inclusive)
+    out = []
+    if lower is not None:
+        out.append(f"{'≥' if lower[1] else '>'} {_plain_number(lower[0])}")
+    if upper is not None:
+        out.append(f"{'≤' if upper[1] else '<'} {_plain_number(upper[0])}")
+    return ", ".join(out)
 
 
 def _is_section(annotation) -> bool:
@@ -87,77 +94,160 @@ def _sections(annotation) -> list:
     return out
 
 
-def _default_text(field) -> str:
+def _section_anchor(key: str, model) -> str:
+    """The id of a section's heading: `model-field`, or `data-spiral` for a data kind."""
+    tag = model.model_fields.get("name")
+    if key == "data" and tag is not None:
+        key = f"data-{tag.default}"
+    return key.replace(".", "-").replace("_", "-") or "top-level"
+
+
+def _members(annotation, metadata=()) -> list[tuple[str, str]]:
+    """`(type, allowed)` of each alternative of an annotation, in a YAML user's words:
+    `("integer", "> 0")`, `("name", "`vmap`, `joint`")`, `("null", "")`."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Annotated:
+        inner = [m for a in args[1:] for m in getattr(a, "metadata", [a])]
+        return _members(args[0], [*metadata, *inner])
+    if origin in (typing.Union, types.UnionType):
+        return [m for a in args for m in _members(a)]
+    if annotation is type(None):
+        return [("null", "")]
+    if origin is typing.Literal:
+        kinds = {type(a).__name__ for a in args}
+        kind = "name" if kinds == {"str"} else " or ".join(sorted(kinds))
+        return [(kind, ", ".join(f"`{a}`" for a in args))]
+    if origin in (list, tuple):
+        inner = _members(args[0]) if args else [("value", "")]
+        kind = " or ".join(dict.fromkeys(k for k, _ in inner))
+        allowed = "; ".join(f"any of {a}" if k == "name" else f"each {a}"
+                            for k, a in inner if a)
+        return [(f"list of {kind}", allowed)]
+    if origin is dict or annotation is dict:
+        return [("mapping", "")]
+    if _is_section(annotation):
+        return [("section", "")]
+    if isinstance(annotation, type):
+        kind = {"int": "integer", "float": "number", "bool": "boolean", "str": "text"}.get(
+            annotation.__name__, annotation.__name__)
+        return [(kind, _bounds_text(metadata))]
+    return [(str(annotation).replace("typing.", ""), "")]
+
+
+def _type_and_allowed(key: str, field) -> tuple[str, str]:
+    """The type and allowed-values cells of a field (a section's type links to its
+    table; a union of sections lists its kinds, each linked)."""
+    subs = _sections(field.annotation)
+    if len(subs) > 1:  # the data kinds, chosen by `name`
+        kinds = [f"[`{m.model_fields['name'].default}`](#{_section_anchor(key, m)})"
+                 for m in subs]
+        return "section", f"by `{key}.name`: " + ", ".join(kinds)
+    members = _members(field.annotation, field.metadata)
+    kinds = []
+    for kind, _ in members:
+        if kind == "section":
+            kind = f"[section](#{_section_anchor(key, subs[0])})"
+        if kind not in kinds:
+            kinds.append(kind)
+    if "null" in kinds:  # "or null" last
+        kinds.remove("null")
+        kinds.append("null")
+    allowed = [a for _, a in members if a]
+    if len(allowed) > 1 or (allowed and len([k for k, _ in members if k != "null"]) > 1):
+        # several alternatives: say which each allowed text belongs to
+        allowed = [a if k in ("name", "section") else f"{k} {a}" for k, a in members if a]
+    return " or ".join(kinds), "; ".join(allowed)
+
+
+def _default_text(key: str, field) -> str:
     from pydantic_core import PydanticUndefined
 
-    if field.default_factory is not None:
-        value = field.default_factory()
-        if _is_section(type(value)):
-            return "(section defaults)"
-    else:
-        value = field.default
+    if len(_sections(field.annotation)) > 1:  # the data kinds: each task has its own
+        from nodekit._config._schema import TASK_DATA
+
+        return "by task: " + ", ".join(f"`{kinds[0]}` ({task})" for task, kinds in TASK_DATA.items())
+    value = field.default_factory() if field.default_factory is not None else field.default
     if value is PydanticUndefined:
         return "required"
     if _is_section(type(value)):
-        return "(section defaults)"
-    return f"`{yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}`"
+        return "its defaults"
+    text = yaml.safe_dump(value, default_flow_style=True).strip()
+    return f"`{text.removesuffix('...').strip()}`"
 
 
-def _bounds(field) -> str:
-    out = []
-    for m in field.metadata:
-        for attr, sym in (("gt", ">"), ("ge", "≥"), ("lt", "<"), ("le", "≤")):
-            v = getattr(m, attr, None)
-            if v is not None:
-                out.append(f"{sym} {v:g}" if isinstance(v, float) else f"{sym} {v}")
-    return ", ".join(out)
+def _cell(text: str) -> str:
+    """Table-cell text: one line, `|` escaped outside code spans (inside them Python-
+    Markdown's tables already keep it, and a backslash would show)."""
+    parts = text.replace("\n", " ").split("`")
+    return "`".join(p if i % 2 else p.replace("|", "\\|") for i, p in enumerate(parts))
 
 
-def _describe(model, prefix: str, rows: list, missing: list, seen: set) -> list:
-    """Rows `(key, type, default, allowed, description)` for `model` under `prefix`;
-    returns the sub-sections to document after it."""
-    subs = []
+def _sentence(text: str) -> str:
+    text = " ".join(text.split())
+    return text[:1].upper() + text[1:] if text[:1].isalpha() else text
+
+
+def _intro(model) -> str:
+    """A section's docstring up to its example, as Markdown."""
+    import inspect
+
+    doc = inspect.cleandoc(model.__doc__ or "")
+    return doc.split("**Example:**")[0].strip()
+
+
+def _section_table(key: str, model, missing: list) -> list[str]:
+    rows = ["| key | type | default | allowed | description |", "|---|---|---|---|---|"]
+    prefix = f"{key}." if key else ""
     for name, field in model.model_fields.items():
-        key = f"{prefix}{name}"
-        kind, allowed = _type_text(field.annotation)
-        bounds = _bounds(field)
-        if bounds:
-            allowed = f"{allowed}; {bounds}" if allowed else bounds
         desc = (field.description or "").strip()
         if not desc:
-            missing.append(key)
-        rows.append((key, kind, _default_text(field), allowed, desc))
+            missing.append(f"{prefix}{name} ({model.__name__})")
+        kind, allowed = _type_and_allowed(f"{prefix}{name}", field)
+        # the key as written inside its section (the heading names the section)
+        cells = [f"`{name}`", kind, _default_text(f"{prefix}{name}", field), allowed,
+                 _sentence(desc)]
+        rows.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    return rows
+
+
+def _walk(key: str, model, missing: list, seen: set) -> list[str]:
+    """The tables of `model` (at `key`) and of its sub-sections, depth first."""
+    if key == "":
+        title = "Top level"
+        intro = ("The keys outside any section, and the sections themselves; each section "
+                 "has its own table below.")
+    elif key == "data":
+        title = f"`data` with `name: {model.model_fields['name'].default}`"
+        intro = _intro(model)
+    else:
+        title, intro = f"`{key}`", _intro(model)
+    out = [f"## {title} {{#{_section_anchor(key, model)}}}", "", intro, ""]
+    out += _section_table(key, model, missing) + [""]
+    for name, field in model.model_fields.items():
         for sub in _sections(field.annotation):
             if sub not in seen:
                 seen.add(sub)
-                subs.append((key, sub))
-    return subs
+                out += _walk(f"{key}.{name}" if key else name, sub, missing, seen)
+    return out
 
 
 def config_reference() -> str:
-    """Markdown for every config key, section by section."""
-    from nodekit import Config
+    """Markdown for every config key, section by section: the run's config (from
+    `nodekit.Config`), then the `sweep:` section of `nodekit sweep`.
 
-    out, missing, seen = [], [], {Config}
-    queue = [("", Config)]
-    while queue:
-        key, model = queue.pop(0)
-        rows: list = []
-        subs = _describe(model, f"{key}." if key else "", rows, missing, seen)
-        doc = (model.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
-        tag = model.model_fields.get("name")
-        title = f"`{key}`" if key else "Top level"
-        if key == "data" or (tag is not None and key.startswith("data")):
-            title = f"`{key}` with `name: {tag.default}`" if tag is not None else title
-        out += [f"### {title}", "", doc, "",
-                "| key | type | default | allowed | description |", "|---|---|---|---|---|"]
-        for row in rows:
-            out.append("| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in row) + " |")
-        out.append("")
-        queue += subs
+    **Raises:** `DocsBuildError` naming every key without a `description=`."""
+    from nodekit import Config
+    from nodekit._config._schema import SweepConfig
+
+    missing: list[str] = []
+    out = _walk("", Config, missing, {Config})
+    sweep = _walk("sweep", SweepConfig, missing, {SweepConfig})
+    sweep[0] = sweep[0].replace("`sweep`", "`sweep` (for `nodekit sweep`)", 1)
+    out += sweep
     if missing:
         raise DocsBuildError("config keys without a description (add `description=` to the "
-                             "pydantic Field): " + ", ".join(missing))
+                             "pydantic Field in nodekit/_config/_schema.py): "
+                             + ", ".join(missing))
     return "\n".join(out)
 
 

@@ -32,6 +32,7 @@ from .._errors import ConfigError, closest
 from .._fields import ACTIVATIONS
 from .._neural_ode import BATCH_MODES
 from .._odeint import ADJOINTS, ENGINES, SOLVERS
+from .._settings import CHECKPOINT_BUDGET_BYTES
 
 
 #: Optimisers by their Optax names. `lbfgs` (L-BFGS with a zoom line search) is for
@@ -128,15 +129,46 @@ class FieldConfig(_Strict):
     `f(t, y, args)`. **This runs the user's Python code**, as `import` does.
     """
 
-    type: Literal["mlp", "second_order", "python"] = "mlp"
-    width: PosInt = Field(64, le=65536)
-    depth: NonNegInt = Field(2, le=64)
-    activation: _names(ACTIVATIONS) = "tanh"
-    time_dependent: bool = False
-    input_power: PosInt = Field(1, le=9)
-    target: str | None = None
-    path: str | None = None
-    kwargs: dict[str, Any] = {}
+    type: Literal["mlp", "second_order", "python"] = Field(
+        "mlp", description="the kind of field: `mlp` (a multilayer perceptron `f(t, y)` of "
+        "`width` and `depth`), `second_order` (the state is split into positions and "
+        "velocities `[x, v]` of equal size and the MLP gives the acceleration: "
+        "`dx/dt = v`, `dv/dt = MLP(x, v)`; needs an even state size), or `python` (your "
+        "own Equinox module, named by `target`). The trajectory and ude tasks take all "
+        "three, density takes `mlp` or `python`, classification and latent `mlp` only")
+    width: PosInt = Field(64, le=65536, description="hidden units per layer of the MLP (for "
+                          "the classification task's `odenet` and `resnet` models: the "
+                          "channels of the convolutions; for the latent task: the latent "
+                          "field's and the ODE-RNN's MLPs, or the `rnn` baseline's readout)")
+    depth: NonNegInt = Field(2, le=64, description="hidden layers of the MLP (0: a linear "
+                             "map); not used by the `odenet` and `resnet` classifiers or the "
+                             "`rnn` baseline")
+    activation: _names(ACTIVATIONS) = Field(
+        "tanh", description="the MLP's activation function, by name. The density task's "
+        "trace differentiates the field: prefer a smooth one there (`tanh`, `softplus`)")
+    time_dependent: bool = Field(
+        False, description="feed the time `t` to the MLP as an extra input (a "
+        "non-autonomous field `f(t, y)`); off: `f(y)`. The density task's flow is always "
+        "time-dependent; the latent task and the `odenet` and `resnet` classifiers do not "
+        "use the key. A time-dependent field on the trajectory task solves each segment "
+        "of a data file on its own times, so `solver.batch_mode: joint` is refused there")
+    input_power: PosInt = Field(1, le=9, description="raise the state elementwise to this "
+                                "power before the MLP, `MLP(y**p)` (torchdiffeq's `ode_demo` "
+                                "spiral uses 3); `mlp` fields of the trajectory, density and "
+                                "ude tasks only")
+    target: str | None = Field(
+        None, description="`type: python` only: the field to build, `\"module:Name\"`: a "
+        "class or factory function `Name` in `module.py` beside the config (or under "
+        "`path`, or an installed module). It is called with `kwargs` (and `key=` when it "
+        "takes a `key`) and must return an Equinox module callable as `f(t, y, args)` "
+        "whose output has the state's shape. This runs your Python code")
+    path: str | None = Field(
+        None, description="`type: python` only: the folder `target`'s module is imported "
+        "from, relative to the config file's folder (default: that folder itself)")
+    kwargs: dict[str, Any] = Field(
+        {}, description="`type: python` only: keyword arguments `target` is called with "
+        "(plain YAML values: numbers, text, lists, mappings), e.g. starting values of "
+        "physical constants")
 
     @field_validator("path")
     @classmethod
@@ -170,20 +202,30 @@ def _check_target(target: str, key: str) -> None:
 
 
 class PhysicsConfig(_Strict):
-    """The known physics of a universal differential equation (task `ude`).
+    """The known physics of a universal differential equation (task `ude`): the model
+    is `dy/dt = physics(t, y) + field(t, y)`, with `model.field` the learned term."""
 
-    `type: lotka_volterra` is the UDE paper's prey growth and predator decay
-    `(alpha x, -delta y)` (`kwargs`: `alpha`, `delta`; default the data's rates);
-    `type: python` imports `target` (`"module:Name"`) like `model.field` and calls it
-    with `kwargs`: it must return an Equinox module `f(t, y, args)`. With
-    `learnable: false` (default) its array fields stay fixed; `true` fits them too.
-    """
-
-    type: Literal["lotka_volterra", "python"] = "python"
-    target: str | None = None
-    path: str | None = None
-    kwargs: dict[str, Any] = {}
-    learnable: bool = False
+    type: Literal["lotka_volterra", "python"] = Field(
+        "python", description="the known term: `lotka_volterra` (the UDE paper's prey "
+        "growth and predator decay, `(alpha x, -delta y)`, on a state of 2) or `python` "
+        "(your own Equinox module, named by `target`). Without a `model.physics` section "
+        "the ude task has no known term: a plain neural ODE fitted to whole trajectories")
+    target: str | None = Field(
+        None, description="`type: python` (required there): the known term to build, "
+        "`\"module:Name\"`, imported like `model.field.target` and called with `kwargs`; "
+        "it must return an Equinox module `f(t, y, args)` whose output has the state's "
+        "shape. This runs your Python code")
+    path: str | None = Field(
+        None, description="`type: python` only: the folder `target`'s module is imported "
+        "from, relative to the config file's folder (default: that folder itself)")
+    kwargs: dict[str, Any] = Field(
+        {}, description="for `python`: keyword arguments `target` is called with (plain "
+        "YAML values); for `lotka_volterra`: the rates `alpha` and `delta` (positive "
+        "numbers; default the `lotka_volterra` data's rates, else 1.3 and 1.8)")
+    learnable: bool = Field(
+        False, description="train the known term's arrays too (its rates or your module's "
+        "parameters, reported as `physics_parameters` in `summary.json`); false: they stay "
+        "fixed and only `model.field` is trained")
 
     @field_validator("path")
     @classmethod
@@ -220,40 +262,58 @@ class SparseRegressionConfig(_Strict):
     to zero and the rest refitted, `iterations` times. The coefficients are written to
     `summary.json` (`sparse_regression`)."""
 
-    degree: PosInt = Field(2, le=5)
-    threshold: float = Field(0.1, ge=0)
-    iterations: PosInt = Field(10, le=1000)
+    degree: PosInt = Field(2, le=5, description="the highest total degree of the "
+                           "monomials of the state in the library (the constant, `x`, `y`, "
+                           "`x*y`, `x^2`, ... up to this degree)")
+    threshold: float = Field(0.1, ge=0, description="coefficients smaller than this in size "
+                             "are set to zero before each refit (larger: sparser)")
+    iterations: PosInt = Field(10, le=1000, description="rounds of thresholding and refitting "
+                               "least squares on the monomials that remain")
 
 
 class CNFConfig(_Strict):
     """The continuous normalising flow of the `density` task (FFJORD)."""
 
-    t1: PosFloat = Field(1.0, le=1e6)
-    trace: Literal["exact", "hutchinson"] = "exact"
-    noise: Literal["gaussian", "rademacher"] = "gaussian"
+    t1: PosFloat = Field(1.0, le=1e6, description="end time of the flow: data points are "
+                         "carried from `t = 0` to `t1`; `regularisation.steer.width` must be "
+                         "below it")
+    trace: Literal["exact", "hutchinson"] = Field(
+        "exact", description="how training takes the trace of the field's Jacobian in the "
+        "log-density: `exact` (the full trace; cost grows with the data dimension, for low "
+        "dimensions) or `hutchinson` (FFJORD's unbiased one-sample estimate `eps^T J eps`, "
+        "one vector-Jacobian product; refused with `optimizer.name: lbfgs`). Evaluation "
+        "always uses the exact trace")
+    noise: Literal["gaussian", "rademacher"] = Field(
+        "gaussian", description="distribution of the noise vector `eps` drawn for each "
+        "training solve: the Hutchinson trace's and, in this task, the Hutchinson Jacobian "
+        "penalty's (`regularisation.jacobian` shares this vector)")
 
 
 class ClassifierConfig(_Strict):
-    """The model of the `classification` task.
+    """The model of the `classification` task: Chen et al.'s ODE-Net on images, a
+    ResNet baseline with the same stem and head, or an ANODE (an augmented neural ODE)
+    on vectors; how its prediction is read off the final state, and its loss."""
 
-    - `type`: `odenet` (Chen et al.'s ODE-Net on images: a downsampling stem, one ODE
-      block of a convolutional field with `model.field.width` channels, a head),
-      `resnet` (the same stem and head with `num_blocks` residual blocks), `anode` (a
-      neural ODE on vectors, augmented by `model.augment_dim` zeros, with the MLP field
-      of `model.field`), or `auto` (`odenet` for images, `anode` for vectors).
-    - `t1`: the ODE block's end time.
-    - `readout`: `linear` (a learned map of the final state), or `none` (the first
-      coordinate of the final state is the prediction, as Dupont et al.'s 1-D example;
-      `anode` with `loss: mse` only).
-    - `loss`: `cross_entropy` (integer classes), `mse` (targets of ±1, as Dupont et
-      al.), or `auto` (from the labels).
-    """
-
-    type: Literal["auto", "odenet", "resnet", "anode"] = "auto"
-    t1: PosFloat = Field(1.0, le=1e6)
-    num_blocks: PosInt = Field(6, le=1024)
-    readout: Literal["linear", "none"] = "linear"
-    loss: Literal["auto", "cross_entropy", "mse"] = "auto"
+    type: Literal["auto", "odenet", "resnet", "anode"] = Field(
+        "auto", description="the model: `odenet` (Chen et al.'s ODE-Net on images: a "
+        "downsampling stem, one ODE block of a convolutional field with "
+        "`model.field.width` channels, a head), `resnet` (the same stem and head with "
+        "`num_blocks` residual blocks, no ODE), `anode` (a neural ODE on vectors, augmented "
+        "by `model.augment_dim` zeros, with the MLP field of `model.field`), or `auto` "
+        "(`odenet` for images, `anode` for vectors)")
+    t1: PosFloat = Field(1.0, le=1e6, description="end time of the ODE block: features flow "
+                         "from `t = 0` to `t1` (not used by `resnet`)")
+    num_blocks: PosInt = Field(6, le=1024, description="residual blocks of the `resnet` "
+                               "baseline (other types ignore it)")
+    readout: Literal["linear", "none"] = Field(
+        "linear", description="how the prediction is read off the final state: `linear` (a "
+        "learned linear map) or `none` (the state's first coordinate is the prediction, as "
+        "in Dupont et al.'s 1-D example; only for the `anode` model on ±1 targets, not "
+        "with `loss: cross_entropy`)")
+    loss: Literal["auto", "cross_entropy", "mse"] = Field(
+        "auto", description="`cross_entropy` (softmax cross-entropy on integer classes), "
+        "`mse` (mean squared error to targets of ±1, as Dupont et al.), or `auto` (chosen "
+        "from the labels: integer classes or ±1 targets)")
 
 
 class LatentConfig(_Strict):
@@ -264,53 +324,126 @@ class LatentConfig(_Strict):
     loss is the negative ELBO (the RNN: the Gaussian negative log-likelihood) with
     observation noise `obs_std` and KL weight `kl_weight`."""
 
-    type: Literal["latent_ode", "rnn"] = "latent_ode"
-    encoder: _names(ENCODERS) = "ode_rnn"
-    latent_size: PosInt = Field(4, le=4096)
-    hidden_size: PosInt = Field(25, le=65536)
-    decoder_width: PosInt = Field(20, le=65536)
-    decoder_depth: NonNegInt = Field(1, le=64)
-    obs_std: PosFloat = 0.3
-    kl_weight: float = Field(1.0, ge=0)
+    type: Literal["latent_ode", "rnn"] = Field(
+        "latent_ode", description="`latent_ode` (an encoder reads each series backwards "
+        "into a distribution of the initial latent state, a neural ODE carries it forward, "
+        "a decoder maps it back to the data) or `rnn` (the baseline: a time-aware GRU "
+        "encoder and decoder, no ODE solves)")
+    encoder: _names(ENCODERS) = Field(
+        "ode_rnn", description="the latent ODE's encoder: `ode_rnn` (its hidden state "
+        "flows by its own neural ODE between observations, Rubanova et al.) or `gru` (a GRU "
+        "given the time gaps; no solves in the encoder). Not used by `rnn`")
+    latent_size: PosInt = Field(4, le=4096, description="dimension of the latent state that "
+                                "the neural ODE evolves (`latent_ode` only)")
+    hidden_size: PosInt = Field(25, le=65536, description="size of the encoder's GRU state "
+                                "(for `rnn`: of both GRUs' states)")
+    decoder_width: PosInt = Field(20, le=65536, description="hidden units of the decoder MLP "
+                                  "that maps the latent state to an observation "
+                                  "(`latent_ode` only)")
+    decoder_depth: NonNegInt = Field(1, le=64, description="hidden layers of the decoder MLP "
+                                     "(0: a linear map; `latent_ode` only)")
+    obs_std: PosFloat = Field(0.3, description="the fixed standard deviation of the Gaussian "
+                              "observation noise in the likelihood, in the data's units "
+                              "(standardised units when `data.normalise` is on)")
+    kl_weight: float = Field(1.0, ge=0, description="weight of the KL divergence of the "
+                             "initial latent state's posterior from the N(0, I) prior in the "
+                             "loss (1: the true negative ELBO; `latent_ode` only)")
 
 
 class ModelConfig(_Strict):
-    """The model. `field` and `augment_dim` are shared; `cnf` (density),
+    """The model. `field`, `augment_dim` and `init_seed` are shared; `cnf` (density),
     `classifier` (classification), `latent` (latent), `physics` and
-    `sparse_regression` (ude) belong to one task each and are filled with their
-    defaults for that task. `init_seed` fixes the initial weights on their own: they
-    are drawn with `jax.random.PRNGKey(init_seed)` instead of a key split from the
-    run's `seed` (which still draws the training keys), e.g. to start from the same
-    weights as a model built in Python with that key."""
+    `sparse_regression` (ude) belong to one task each and are refused for the others.
+    `cnf`, `classifier` and `latent` are filled with their defaults for their task;
+    `physics` and `sparse_regression` stay off unless given."""
 
-    field: FieldConfig = FieldConfig()
-    augment_dim: NonNegInt = Field(0, le=4096)
+    field: FieldConfig = Field(
+        FieldConfig(), description="the vector field: a built-in MLP or your own module "
+        "(every task; see the `model.field` table)")
+    augment_dim: NonNegInt = Field(0, le=4096, description="extra state dimensions, started "
+                                   "at zero, appended to the data's state (augmented neural "
+                                   "ODEs, Dupont et al.); the trajectory task's `mlp` and "
+                                   "`second_order` fields and the classification task's "
+                                   "`anode` model only")
     init_seed: Seed | None = Field(
-        None, description="seed of the initial weights, jax.random.PRNGKey(init_seed) "
-        "(default: a key split from the run's seed)")
-    cnf: CNFConfig | None = None
-    classifier: ClassifierConfig | None = None
-    latent: LatentConfig | None = None
-    physics: PhysicsConfig | None = None
-    sparse_regression: SparseRegressionConfig | None = None
+        None, description="seed of the initial weights on their own: drawn with "
+        "`jax.random.PRNGKey(init_seed)` instead of a key split from the run's `seed` (which "
+        "still draws the training keys), e.g. to start from the same weights as a model "
+        "built in Python with that key; null: split from `seed`")
+    cnf: CNFConfig | None = Field(
+        None, description="the continuous normalising flow (task `density` only; filled "
+        "with its defaults there)")
+    classifier: ClassifierConfig | None = Field(
+        None, description="the classifier (task `classification` only; filled with its "
+        "defaults there)")
+    latent: LatentConfig | None = Field(
+        None, description="the latent ODE or its RNN baseline (task `latent` only; filled "
+        "with its defaults there)")
+    physics: PhysicsConfig | None = Field(
+        None, description="the known physics of a universal differential equation (task "
+        "`ude` only); null: no known term")
+    sparse_regression: SparseRegressionConfig | None = Field(
+        None, description="a sparse regression (STLSQ) of the learned term after training "
+        "(task `ude` only); null: none")
 
 
 class SolverConfig(_Strict):
-    name: _names(SOLVERS) = "tsit5"
-    rtol: PosFloat = 1e-6
-    atol: PosFloat = 1e-8
-    dt0: PosFloat | None = None
-    adjoint: _names(ADJOINTS) = "recursive"
-    max_steps: PosInt = Field(4096, le=10_000_000)
-    batch_mode: _names(BATCH_MODES) = "vmap"
+    """How every ODE of the run is solved and differentiated (`nodekit.SolveSettings`):
+    the solver, its tolerances or fixed step, the adjoint, the step limit, how a batch
+    is solved and which integrator runs it."""
+
+    name: _names(SOLVERS) = Field(
+        "tsit5", description="the Runge-Kutta method. Adaptive (error-controlled, with "
+        "`rtol`/`atol`): `midpoint`, `heun`, `ralston`, `bosh3`, `dopri5`, `tsit5`, "
+        "`dopri8`, and `kvaerno5` (implicit, for stiff problems); `euler` and `rk4` have no "
+        "error estimate and need `dt0`. SciPy's names (`RK45`, `DOP853`, ...) are answered "
+        "with their equivalents")
+    rtol: PosFloat = Field(1e-6, description="relative tolerance of the adaptive step-size "
+                           "controller: each step's local error is kept below "
+                           "`atol + rtol * |y|` (ignored with a fixed `dt0`). Looser: fewer "
+                           "steps (NFE), faster training")
+    atol: PosFloat = Field(1e-8, description="absolute tolerance of the adaptive step-size "
+                           "controller (see `rtol`); matters where the state is near zero")
+    dt0: PosFloat | None = Field(
+        None, description="null: adaptive steps chosen by the controller; a number: fixed "
+        "steps of this size (in the time units of the data), required by `euler` and "
+        "`rk4`. A fixed step runs on Diffrax, not nodekit's engine")
+    adjoint: _names(ADJOINTS) = Field(
+        "recursive", description="how gradients go through a solve: `recursive` "
+        "(backpropagation through the solver's steps, with stored checkpoints; exact "
+        "gradients of the computed solution), `backsolve` (the continuous adjoint: a "
+        "second ODE solved backwards in time; memory independent of the steps, gradients "
+        "approximate to the tolerances), or `direct` (differentiable in forward mode too; "
+        "Diffrax only)")
+    max_steps: PosInt = Field(4096, le=10_000_000, description="the most solver steps one "
+                              "solve may take (forward, and each backward interval of "
+                              "`backsolve`); a solve that needs more fails, and "
+                              "`train.max_solver_failures` decides what happens then. Also "
+                              "sizes the memory `recursive` reserves for its checkpoints")
+    batch_mode: _names(BATCH_MODES) = Field(
+        "vmap", description="how a batch is solved: `vmap` (one solve per sample, each "
+        "with its own steps) or `joint` (the whole batch as one ODE state with one shared "
+        "step size, as torchdiffeq and FFJORD do; cheaper per step, but the stiffest "
+        "sample sets the steps for all). Used by the trajectory (segments on a shared time "
+        "grid; `joint` is refused where each segment needs its own times), density and "
+        "classification tasks; the latent and ude tasks solve each series on its own "
+        "times")
     checkpoints: Union[PosInt, Literal["auto"], None] = Field(
-        "auto", description="solver steps the recursive adjoint stores: 'auto' (the "
-        "engine's ~2 sqrt(max_steps) states; on Diffrax every step when they fit in 16 MiB), "
-        "null (Diffrax's log2(max_steps)), or a count (Diffrax)")
+        "auto", description="solver steps the `recursive` adjoint stores for the backward "
+        "pass (fewer: less memory, more recomputation): `auto` (nodekit's engine keeps "
+        "about 2·sqrt(max_steps) states; Diffrax stores every step when they fit in "
+        f"{CHECKPOINT_BUDGET_BYTES // 2**20} MiB, "
+        "else uses its default), null (Diffrax's default, about log2(max_steps)), or a "
+        "count of steps to store (below `max_steps`, the solves run on Diffrax)")
     engine: _names(ENGINES) = Field(
-        "auto", description="who integrates: 'auto' (nodekit's Runge-Kutta engine for "
-        "adaptive dopri5/tsit5 with the recursive adjoint, else Diffrax), 'diffrax' (opt "
-        "out), or 'nodekit' (refuse settings the engine cannot run)")
+        "auto", description="which integrator runs the solves: `auto` (nodekit's "
+        "Runge-Kutta engine where it applies: adaptive `dopri5` or `tsit5` without `dt0`, "
+        "the `recursive` adjoint with `checkpoints: auto` or the `backsolve` adjoint, one "
+        "solve or a `joint` batch, no regularisers or `regularisation.quadrature: "
+        f"augmented`, its stored states within {CHECKPOINT_BUDGET_BYTES // 2**20} MiB; else "
+        "Diffrax), `diffrax` (always "
+        "Diffrax), or `nodekit` (the engine; settings it cannot run are refused, naming "
+        "why). The integrator used is recorded in `metrics.jsonl` and `summary.json`")
 
     @field_validator("checkpoints", mode="before")
     @classmethod
@@ -331,17 +464,43 @@ class OptimizerConfig(_Strict):
     `weight_decay` are refused (they would change the gradients without changing the
     loss the line search measures). `kwargs` may set `memory_size` and
     `max_linesearch_steps`. The config is also refused with minibatches or stochastic
-    terms in the loss (see `Config`).
+    terms in the loss (STEER's end time, Hutchinson noise, fresh samples each step, the
+    latent ODE's posterior sample).
     """
 
-    name: _names(OPTIMIZERS) = "adam"
-    learning_rate: PosFloat = 1e-3
-    schedule: _names(SCHEDULES) = "constant"
-    warmup_steps: NonNegInt = 0
-    decay_rate: float = Field(0.1, gt=0, le=1)
-    clip_norm: PosFloat | None = None
-    weight_decay: float = Field(0.0, ge=0)
-    kwargs: dict[str, float] = {}
+    name: _names(OPTIMIZERS) = Field(
+        "adam", description="the optimiser, by its Optax name (`optax.adam`, ...); `lbfgs` "
+        "is L-BFGS with a zoom line search for full-batch fine-tuning of a deterministic "
+        "loss, refused with minibatches, schedules, clipping, weight decay or noisy terms "
+        "in the loss")
+    learning_rate: PosFloat = Field(
+        1e-3, description="the step size, and the peak of the schedule; default 1e-3, or "
+        "1.0 for `lbfgs` (where it scales the step the line search starts from)")
+    schedule: _names(SCHEDULES) = Field(
+        "constant", description="the learning rate over `train.steps`: `constant`; "
+        "`cosine` (cosine decay from `learning_rate` to `learning_rate * decay_rate`); "
+        "`warmup_cosine` (linear warm-up from 0 over `warmup_steps`, then cosine decay to "
+        "`learning_rate * decay_rate`); `exponential` (`learning_rate * decay_rate ** (step "
+        "/ train.steps)`). A schedule spans `train.steps`, so a run that follows one can "
+        "only be resumed with the same `train.steps`")
+    warmup_steps: NonNegInt = Field(0, description="steps of the linear warm-up of "
+                                    "`schedule: warmup_cosine` (other schedules ignore it)")
+    decay_rate: float = Field(0.1, gt=0, le=1, description="the fraction of `learning_rate` "
+                              "the `cosine`, `warmup_cosine` and `exponential` schedules "
+                              "reach at the last step (`constant` ignores it)")
+    clip_norm: PosFloat | None = Field(
+        None, description="clip the gradients to this global norm before each update; "
+        "null: no clipping. A remedy for a loss that turns non-finite")
+    weight_decay: float = Field(0.0, ge=0, description="weight decay: for `adamw` its "
+                                "decoupled decay (so the default 0 means none, not Optax's "
+                                "default; `kwargs.weight_decay` also sets it); for the other "
+                                "optimisers `weight_decay * params` is added to the gradient "
+                                "before the update (the gradient of an L2 penalty). 0: none")
+    kwargs: dict[str, float] = Field(
+        {}, description="extra keyword arguments of the Optax optimiser (numbers), e.g. "
+        "`{b1: 0.9, b2: 0.99}` for `adam`; each must be one of its arguments. For `lbfgs`: "
+        + " and ".join(f"`{k}` (default {v})" for k, v in LBFGS_KWARGS.items())
+        + ", positive integers")
 
     @model_validator(mode="before")
     @classmethod
@@ -413,30 +572,76 @@ class OptimizerConfig(_Strict):
 
 
 class TrainConfig(_Strict):
-    steps: PosInt = Field(1000, le=100_000_000)
-    batch_size: PosInt = Field(32, le=1_000_000)
-    log_every: PosInt = Field(1, le=100_000_000)
-    eval_every: PosInt = Field(100, le=100_000_000)
+    """The training loop: how long, how big a batch, how often to log, evaluate and
+    checkpoint, what to do on a fault, what to write, and on how many devices. Of these
+    keys only `batch_size` (and `batch_order: random`) enter the config's hash, which a
+    resumed checkpoint must match: the cadences, guards and outputs may change between
+    a run and its resumption."""
+
+    steps: PosInt = Field(1000, le=100_000_000, description="optimisation steps in all. "
+                          "Rerunning into a workdir with a checkpoint resumes up to this "
+                          "count; with a `constant` learning rate it may be raised to train "
+                          "on")
+    batch_size: PosInt = Field(32, le=1_000_000, description="training items per step: "
+                               "segments (trajectory), samples (density), examples "
+                               "(classification) or series (latent, ude); at most the "
+                               "training items there are, divisible by `train.devices`, and "
+                               "the whole training set for `optimizer.name: lbfgs`")
+    log_every: PosInt = Field(1, le=100_000_000, description="write a row of training "
+                              "metrics (loss, NFE, step time, terms) to the metric logs "
+                              "every this many steps, and on the last step")
+    eval_every: PosInt = Field(100, le=100_000_000, description="evaluate on the evaluation "
+                               "data every this many steps and after the last one "
+                               "(`eval_loss` and the task's metrics in the logs; "
+                               "`checkpoints/best.nkc` keeps the best so far)")
     eval_batch_mode: _names(BATCH_MODES) | None = Field(
-        None, description="batch mode of the evaluation solves (default solver.batch_mode)")
-    checkpoint_every: PosInt = Field(100, le=100_000_000)
+        None, description="`solver.batch_mode` for the evaluation solves of the density and "
+        "classification tasks; null: the same as training")
+    checkpoint_every: PosInt = Field(100, le=100_000_000, description="save "
+                                     "`checkpoints/latest.nkc` every this many steps and "
+                                     "at the end (atomically; the one before is kept as "
+                                     "`previous.nkc`): how far a resumed or faulted run "
+                                     "falls back")
     batch_order: Literal["epochs", "random"] | None = Field(
-        None, description="how a classification, latent or ude task draws batches from its "
-        "training set: epochs (default: each epoch a random permutation, every item once) "
-        "or random (each step's batch drawn anew, without replacement, by "
-        "numpy.random.default_rng(seed * 2**32 + step))")
-    on_nonfinite: Literal["stop", "skip_step"] = "stop"
+        None, description="how the classification, latent and ude tasks draw batches from "
+        "their training set: `epochs` (null means this: each epoch a random permutation, "
+        "every item once) or `random` (each step's batch drawn anew, without replacement, "
+        "by `numpy.random.default_rng(seed * 2**32 + step)`). The trajectory and density "
+        "tasks draw each batch at random and refuse the key")
+    on_nonfinite: Literal["stop", "skip_step"] = Field(
+        "stop", description="what a non-finite loss or gradient does: `stop` (the run "
+        "stops as a training fault, exit code 3 from `nodekit train`, with the last good "
+        "checkpoint saved and what to try) or `skip_step` (that step's update is not "
+        "applied, its metrics row is marked `skipped`, and training goes on)")
     max_solver_failures: float = Field(
-        0.0, ge=0, le=1, description="fraction of a batch's solves allowed to fail"
+        0.0, ge=0, le=1, description="the fraction of a batch's solves that may fail (e.g. "
+        "run past `solver.max_steps`) in a step; more stops the run as a training fault "
+        "(exit code 3 from `nodekit train`, the last good checkpoint saved). 0: any failed "
+        "solve stops it"
     )
-    progress: bool = True
-    compile_cache: bool = True
-    plots: bool = Field(True, description="write plots/ at the end of the run")
+    progress: bool = Field(True, description="report progress on stderr: a line per phase, "
+                           "then a live bar on a terminal, or a plain line at most every 5 s "
+                           "otherwise. false: no live bar; the `nodekit` command still "
+                           "prints the plain lines (as `--no-progress` does), "
+                           "`nodekit.train` prints nothing")
+    compile_cache: bool = Field(True, description="reuse compiled training steps across runs: "
+                                "a single-device run stores its traced step under "
+                                "`$NODEKIT_CACHE_DIR/xla` (default `~/.cache/nodekit/xla`) "
+                                "and loads it when the config and shapes agree, and the "
+                                "`nodekit` command also turns on JAX's persistent "
+                                "compilation cache there")
+    plots: bool = Field(True, description="draw the figures into `plots/` at the end of the "
+                        "run (the loss curve and the task's own, e.g. `trajectory.png`, "
+                        "`density.png`)")
     metrics: list[Literal["jsonl", "csv", "tensorboard"]] = Field(
-        ["jsonl", "csv"], description="metric logs: jsonl (metrics.jsonl, always written), "
-        "csv (metrics.csv, eval.csv), tensorboard (event files in tensorboard/)")
+        ["jsonl", "csv"], description="the metric logs to write: `jsonl` (`metrics.jsonl`, "
+        "always written), `csv` (`metrics.csv` for training rows, `eval.csv` for "
+        "evaluations), `tensorboard` (event files in `tensorboard/`)")
     devices: Union[PosInt, Literal["all"]] = Field(
-        1, description="data-parallel devices: a count or 'all' (batch sharded, params replicated)"
+        1, description="devices to train on, data-parallel: a count or `all` (across hosts "
+        "with `distributed`). Each batch is split among them and the parameters "
+        "replicated, so `batch_size` must divide evenly; a sweep spreads its members over "
+        "them instead"
     )
 
 
@@ -445,10 +650,20 @@ class DistributedConfig(_Strict):
     to read them from the usual environment (SLURM, Open MPI, Cloud TPU, or
     JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID)."""
 
-    enabled: bool = False
-    coordinator_address: str | None = None
-    num_processes: PosInt | None = None
-    process_id: NonNegInt | None = None
+    enabled: bool = Field(False, description="start JAX's multi-host runtime "
+                          "(`jax.distributed.initialize`) before anything computes, one "
+                          "process per host running the same config; then `train.devices: "
+                          "all` trains on the devices of every host")
+    coordinator_address: str | None = Field(
+        None, description="`host:port` of the coordinator (process 0); null: read from the "
+        "environment (SLURM, Open MPI, Cloud TPU, or JAX_COORDINATOR_ADDRESS)")
+    num_processes: PosInt | None = Field(
+        None, description="the number of processes in the run; null: read from the "
+        "environment (e.g. JAX_NUM_PROCESSES)")
+    process_id: NonNegInt | None = Field(
+        None, description="this process's index, 0 to `num_processes - 1` (usually set per "
+        "process with `--set distributed.process_id=N`); null: read from the environment "
+        "(e.g. JAX_PROCESS_ID)")
 
 
 # ----------------------------------------------------------------- data
@@ -457,11 +672,18 @@ class DistributedConfig(_Strict):
 class SpiralData(_Strict):
     """The torchdiffeq `ode_demo` spiral: dy/dt = (y**3) A (task `trajectory`)."""
 
-    name: Literal["spiral"] = "spiral"
-    n_points: PosInt = Field(1000, ge=20, le=1_000_000)
-    t1: float = Field(25.0, ge=1e-3, le=1e4)
-    batch_time: PosInt = Field(10, ge=2)
-    noise: float = Field(0.0, ge=0, le=1e6)
+    name: Literal["spiral"] = Field("spiral", description="the data set: torchdiffeq's "
+                                    "`ode_demo` spiral (task `trajectory`)")
+    n_points: PosInt = Field(1000, ge=20, le=1_000_000, description="observations of the "
+                             "one true trajectory, evenly spaced on `[0, t1]`")
+    t1: float = Field(25.0, ge=1e-3, le=1e4, description="end time of the observed "
+                      "trajectory, which starts at `y0 = [2, 0]` at `t = 0`")
+    batch_time: PosInt = Field(10, ge=2, description="consecutive observations per training "
+                               "segment; each segment is solved from its first point. "
+                               "`train.batch_size` is at most `n_points - batch_time`")
+    noise: float = Field(0.0, ge=0, le=1e6, description="standard deviation of Gaussian "
+                         "noise added to the observations (drawn from the run's `seed`); "
+                         "0: exact observations")
 
     @field_validator("batch_time")
     @classmethod
@@ -480,37 +702,48 @@ def _toy2d_names():
 
 
 class Toy2DData(_Strict):
-    """FFJORD's toy 2-D densities (`nodekit.data.sample_toy2d`), for the `density` task.
+    """FFJORD's toy 2-D densities (`nodekit.data.sample_toy2d`), for the `density` task:
+    a fixed training set or a fresh batch every step, and a separate test set."""
 
-    `n_train` samples are drawn once (seed `seed`, default the run's seed), or, with
-    `resample: true`, a fresh batch is drawn every step (as FFJORD's toy runs; step
-    `s` draws with seed `seed * 1000003 + s`). The test set has `n_test` samples drawn
-    with `test_seed` (default the run's seed + 10007).
-    """
-
-    name: Literal["toy2d"] = "toy2d"
-    distribution: _names(_toy2d_names()) = "8gaussians"
-    n_train: PosInt = Field(10_000, ge=16, le=10_000_000)
-    n_test: PosInt = Field(2_000, ge=16, le=1_000_000)
-    resample: bool = False
-    seed: Seed | None = None
-    test_seed: Seed | None = None
+    name: Literal["toy2d"] = Field("toy2d", description="the data set: FFJORD's toy 2-D "
+                                   "densities (task `density`)")
+    distribution: _names(_toy2d_names()) = Field(
+        "8gaussians", description="which toy density to sample (`nodekit.data.sample_toy2d`)")
+    n_train: PosInt = Field(10_000, ge=16, le=10_000_000, description="training samples, "
+                            "drawn once (unused with `resample: true`); "
+                            "`train.batch_size` is at most this")
+    n_test: PosInt = Field(2_000, ge=16, le=1_000_000, description="test samples, on which "
+                           "evaluation measures the negative log-likelihood")
+    resample: bool = Field(False, description="draw a fresh batch every step instead of "
+                           "sampling from `n_train` fixed points (as FFJORD's toy runs; "
+                           "step `s` draws with seed `seed * 1000003 + s`); refused with "
+                           "`optimizer.name: lbfgs`")
+    seed: Seed | None = Field(None, description="seed of the training samples; null: the "
+                              "run's `seed`")
+    test_seed: Seed | None = Field(None, description="seed of the test samples; null: the "
+                                   "run's `seed` + 10007")
 
 
 class DigitsData(_Strict):
     """scikit-learn's 8x8 digits (`nodekit.data.digits`; task `classification`),
     split stratified with `test_fraction` by `seed` (default the run's seed)."""
 
-    name: Literal["digits"] = "digits"
-    test_fraction: Fraction = 0.2
-    seed: Seed | None = None
+    name: Literal["digits"] = Field("digits", description="the data set: scikit-learn's "
+                                    "8x8 images of handwritten digits, 10 classes (task "
+                                    "`classification`)")
+    test_fraction: Fraction = Field(0.2, description="the fraction of the images held out "
+                                    "for evaluation (stratified by class)")
+    seed: Seed | None = Field(None, description="seed of the split; null: the run's `seed`")
 
 
 class AnodeG1DData(_Strict):
     """ANODE's 1-D map `g(1) = -1`, `g(-1) = 1` (`nodekit.data.anode_g1d`): two points,
     trained and evaluated on both (task `classification`)."""
 
-    name: Literal["anode_g1d"] = "anode_g1d"
+    name: Literal["anode_g1d"] = Field("anode_g1d", description="the data set: the two "
+                                       "points of ANODE's 1-D map, `g(1) = -1` and "
+                                       "`g(-1) = 1` (task `classification`; "
+                                       "`train.batch_size` at most 2)")
 
 
 class ConcentricSpheresData(_Strict):
@@ -519,14 +752,20 @@ class ConcentricSpheresData(_Strict):
     and `r3`, split stratified with `test_fraction`; `seed` (default the run's seed)
     draws the points and the split."""
 
-    name: Literal["concentric_spheres"] = "concentric_spheres"
-    n: PosInt = Field(1000, ge=2, le=10_000_000)
-    dim: PosInt = Field(2, le=4096)
-    r1: PosFloat = Field(0.5, le=1e6)
-    r2: PosFloat = Field(1.0, le=1e6)
-    r3: PosFloat = Field(1.5, le=1e6)
-    test_fraction: Fraction = 0.2
-    seed: Seed | None = None
+    name: Literal["concentric_spheres"] = Field(
+        "concentric_spheres", description="the data set: ANODE's concentric spheres, a "
+        "ball labelled -1 inside a shell labelled +1 (task `classification`)")
+    n: PosInt = Field(1000, ge=2, le=10_000_000, description="points in all, before the "
+                      "split")
+    dim: PosInt = Field(2, le=4096, description="dimension of the points")
+    r1: PosFloat = Field(0.5, le=1e6, description="radius of the inner ball (label -1)")
+    r2: PosFloat = Field(1.0, le=1e6, description="inner radius of the shell (label +1); "
+                         "`r1 < r2 < r3` leaves a gap between ball and shell")
+    r3: PosFloat = Field(1.5, le=1e6, description="outer radius of the shell")
+    test_fraction: Fraction = Field(0.2, description="the fraction of the points held out "
+                                    "for evaluation (stratified by label)")
+    seed: Seed | None = Field(None, description="seed of the points and the split; null: "
+                              "the run's `seed`")
 
     @model_validator(mode="after")
     def _radii(self):
@@ -541,15 +780,26 @@ class LatentSpiralsData(_Strict):
     `latent`). Models train on the observation window (the first `obs_fraction` of the
     grid); evaluation reconstructs the window and extrapolates the rest."""
 
-    name: Literal["latent_spirals"] = "latent_spirals"
-    n_samples: PosInt = Field(1000, ge=2, le=10_000_000)
-    n_points: PosInt = Field(100, ge=2, le=100_000)
-    n_obs: PosInt = 30
-    noise_std: float = Field(0.1, ge=0, le=1e6)
-    t_max: float = Field(2 * math.pi, ge=1e-3, le=1e4)
-    obs_fraction: float = Field(0.5, gt=0, le=1)
-    test_fraction: Fraction = 0.2
-    seed: Seed | None = None
+    name: Literal["latent_spirals"] = Field(
+        "latent_spirals", description="the data set: irregularly observed noisy spirals "
+        "(task `latent`)")
+    n_samples: PosInt = Field(1000, ge=2, le=10_000_000, description="spirals in all, "
+                              "before the split")
+    n_points: PosInt = Field(100, ge=2, le=100_000, description="points of each spiral's "
+                             "time grid on `[0, t_max]`")
+    n_obs: PosInt = Field(30, description="observed time points per spiral, distinct and "
+                          "drawn at random (differently for each spiral) from the "
+                          "observation window; at most `obs_fraction * n_points`")
+    noise_std: float = Field(0.1, ge=0, le=1e6, description="standard deviation of the "
+                             "Gaussian noise on the observations")
+    t_max: float = Field(2 * math.pi, ge=1e-3, le=1e4, description="end time of the grid")
+    obs_fraction: float = Field(0.5, gt=0, le=1, description="the first fraction of the "
+                                "grid that is observed (the window models train on); "
+                                "evaluation also extrapolates over the rest")
+    test_fraction: Fraction = Field(0.2, description="the fraction of the spirals held out "
+                                    "for evaluation")
+    seed: Seed | None = Field(None, description="seed of the spirals, their observation "
+                              "times and noise, and the split; null: the run's `seed`")
 
     @model_validator(mode="after")
     def _fits(self):
@@ -565,16 +815,27 @@ class LotkaVolterraData(_Strict):
     task `ude`): `n_obs` observations on `[0, t1]`, relative noise `noise`, noise drawn
     with `seed` (default the run's seed). The initial state `y0` is known."""
 
-    name: Literal["lotka_volterra"] = "lotka_volterra"
-    alpha: PosFloat = Field(1.3, le=1e3)
-    beta: PosFloat = Field(0.9, le=1e3)
-    gamma: PosFloat = Field(0.8, le=1e3)
-    delta: PosFloat = Field(1.8, le=1e3)
-    y0: list[PosFloat] = Field(default_factory=lambda: [0.44249296, 4.6280594])
-    t1: float = Field(3.0, ge=1e-3, le=1e3)
-    n_obs: PosInt = Field(31, ge=2, le=100_000)
-    noise: float = Field(0.05, ge=0, le=1e3)
-    seed: Seed | None = None
+    name: Literal["lotka_volterra"] = Field(
+        "lotka_volterra", description="the data set: the UDE paper's noisy Lotka-Volterra "
+        "trajectory (task `ude`; one trajectory, so `train.batch_size: 1`)")
+    alpha: PosFloat = Field(1.3, le=1e3, description="prey growth rate of the true system "
+                            "`dx/dt = alpha x - beta x y`, `dy/dt = gamma x y - delta y`")
+    beta: PosFloat = Field(0.9, le=1e3, description="predation rate (the `-beta x y` term)")
+    gamma: PosFloat = Field(0.8, le=1e3, description="predator growth per prey eaten (the "
+                            "`gamma x y` term)")
+    delta: PosFloat = Field(1.8, le=1e3, description="predator death rate (the `-delta y` "
+                            "term)")
+    y0: list[PosFloat] = Field(default_factory=lambda: [0.44249296, 4.6280594],
+                               description="the known initial state `[prey, predator]`, two "
+                               "positive numbers")
+    t1: float = Field(3.0, ge=1e-3, le=1e3, description="end time of the observed "
+                      "trajectory, which starts at `t = 0`")
+    n_obs: PosInt = Field(31, ge=2, le=100_000, description="observations, evenly spaced "
+                          "on `[0, t1]`")
+    noise: float = Field(0.05, ge=0, le=1e3, description="relative noise: Gaussian noise "
+                         "whose standard deviation is this times the clean coordinate's "
+                         "mean over the trajectory is added to each observation")
+    seed: Seed | None = Field(None, description="seed of the noise; null: the run's `seed`")
 
     @field_validator("y0")
     @classmethod
@@ -599,26 +860,47 @@ class FileData(_Strict):
     - Labelled examples (task `classification`): an NPZ with `x` (`(N, D)` vectors or
       `(N, C, H, W)` images) and `y` (`(N,)` integer classes, or ±1 targets).
 
-    Series (or samples, or examples) are split at random by `seed` (default the run's
-    seed): `test_fraction` and `val_fraction` are held out. Periodic evaluation uses
-    the validation part if any, else the test part, else the training data; the test
-    metrics then also go into `summary.json` at the end. With `normalise`, each state
-    coordinate (or input feature) is standardised by the training part's mean and
-    standard deviation (default: on, except for a `python` field or a UDE, whose
-    physics works in the data's own units). `batch_time` (task `trajectory`): points
-    per training segment (default 10).
+    The file is split at random into training, validation and test parts
+    (`val_fraction`, `test_fraction`, `seed`) and, by default, standardised
+    (`normalise`).
     """
 
-    name: Literal["file"] = "file"
-    path: str
-    time: str = "t"
-    state: list[str] | None = None
-    series: str | None = None
-    batch_time: int | None = Field(None, ge=2, le=1_000_000)
-    val_fraction: Fraction = 0.0
-    test_fraction: Fraction = 0.0
-    seed: Seed | None = None
-    normalise: bool | None = None
+    name: Literal["file"] = Field("file", description="your own data file (every task)")
+    path: str = Field(description="the `.csv` or `.npz` file (the type is read from the "
+                      "extension), relative to the config file's folder; the "
+                      "classification task reads `.npz` only")
+    time: str = Field("t", description="the CSV's time column (trajectories); an NPZ holds "
+                      "its times in the array `t`")
+    state: list[str] | None = Field(
+        None, description="the CSV's state columns, in order (default: every column but "
+        "`time` and `series`); for an NPZ, names for the coordinates of `y` (or of `x`, "
+        "density), one per coordinate. Used in messages, plots and the sparse regression's "
+        "terms")
+    series: str | None = Field(
+        None, description="the CSV column whose values tell the trajectories apart (any "
+        "text; times increase within each series); null: the file is one trajectory. An "
+        "NPZ holds its series along the first axis of `y`. Not for the density and "
+        "classification tasks")
+    batch_time: int | None = Field(
+        None, ge=2, le=1_000_000, description="task `trajectory` only: consecutive "
+        "observations per training segment, each solved from its first point (default "
+        "10; every training series needs at least this many points). The other tasks "
+        "solve whole series and refuse it")
+    val_fraction: Fraction = Field(
+        0.0, description="the fraction of the series (or samples, or examples) held out "
+        "at random for validation: periodic evaluation then uses it, and the test part, if "
+        "any, is evaluated once at the end (`test_loss` in `summary.json`)")
+    test_fraction: Fraction = Field(
+        0.0, description="the fraction held out at random for testing; periodic "
+        "evaluation uses it when there is no validation part. With neither, evaluation "
+        "uses the training data. `val_fraction + test_fraction` must be below 1")
+    seed: Seed | None = Field(None, description="seed of the random split; null: the run's "
+                              "`seed`")
+    normalise: bool | None = Field(
+        None, description="standardise each state coordinate (or input feature) by the "
+        "training part's mean and standard deviation (saved as `normalisation.json` in the "
+        "workdir); null: on, except for a `python` field or the ude task, which work in "
+        "the data's own units (true is refused with a `python` field or `model.physics`)")
 
     @field_validator("path")
     @classmethod
@@ -674,48 +956,74 @@ def _weight_shorthand(v):
 class KineticConfig(_Strict):
     """Kinetic energy penalty: weight * integral of ||f(t, y)||^2 dt (RNODE)."""
 
-    weight: float = Field(ge=0)
+    weight: float = Field(ge=0, description="the penalty's weight in the loss (loss = task "
+                          "loss + weight * integral); `kinetic: 0.01` is short for "
+                          "`kinetic: {weight: 0.01}`")
 
 
 class JacobianConfig(_Strict):
     """Jacobian Frobenius penalty: weight * integral of ||df/dy||_F^2 dt (RNODE)."""
 
-    weight: float = Field(ge=0)
-    estimator: Literal["exact", "hutchinson"] = "hutchinson"
-    noise: Literal["gaussian", "rademacher"] = "gaussian"
+    weight: float = Field(ge=0, description="the penalty's weight in the loss; "
+                          "`jacobian: 0.01` is short for `jacobian: {weight: 0.01}`")
+    estimator: Literal["exact", "hutchinson"] = Field(
+        "hutchinson", description="`hutchinson` (the unbiased one-sample estimate "
+        "`||J eps||^2`, one Jacobian-vector product whatever the state size; refused with "
+        "`optimizer.name: lbfgs`) or `exact` (the full Jacobian, one product per state "
+        "dimension: for small states)")
+    noise: Literal["gaussian", "rademacher"] = Field(
+        "gaussian", description="distribution of the Hutchinson noise vector `eps`, drawn "
+        "once per solve (Rademacher: lower variance). The density task uses `model.cnf`'s "
+        "noise vector instead")
 
 
 class TaylorConfig(_Strict):
     """Taylor-mode penalty R_K: weight * integral of ||d^K y/dt^K||^2 dt (TayNODE)."""
 
-    weight: float = Field(ge=0)
-    order: int = Field(2, ge=2, le=8)
-    method: Literal["jet", "jvp"] = "jet"
+    weight: float = Field(ge=0, description="the penalty's weight in the loss; "
+                          "`taylor: 0.01` is short for `taylor: {weight: 0.01}`")
+    order: int = Field(2, ge=2, le=8, description="`K`, the order of the time derivative "
+                       "penalised (TayNODE uses 2 or 3); the cost grows with it")
+    method: Literal["jet", "jvp"] = Field(
+        "jet", description="how the time derivatives are taken: `jet` (order 2 from the "
+        "linearisation the field evaluation already makes; orders 3 and up by Taylor-mode "
+        "AD, cost about quadratic in `order`) or `jvp` (nested Jacobian-vector products, "
+        "cost exponential in `order`: a cross-check, and the way out where `jet` lacks a "
+        "rule for an operation of your field)")
 
 
 class SteerConfig(_Strict):
     """STEER: each training solve ends at a time drawn uniformly from [T - width, T + width]."""
 
-    width: PosFloat
+    width: PosFloat = Field(description="half-width `b` of the interval the end time is "
+                            "drawn from, `[t1 - b, t1 + b]`; below `model.cnf.t1`")
 
 
 class RegularisationConfig(_Strict):
     """Penalties that keep learned dynamics easy to solve; each is off unless given.
-
-    `quadrature` says how the penalties' integrals are taken along the solve:
-    `trapezoid` (default: the integrands once per solver step, the steps those of the
-    unregularised solve; kinetic energy alone rides on the stages' field values for
-    free) or `augmented` (running integrals in the ODE state, evaluated
-    at every stage and under error control, as RNODE's and TayNODE's code do; several
-    times dearer). See `nodekit.regularised_odeint`. The `trajectory`, `density` and
-    `ude` tasks integrate them; STEER applies to `density` only.
+    The `trajectory`, `density` and `ude` tasks integrate them along the training solves
+    (`quadrature`; see `nodekit.regularised_odeint`) and add `weight * integral` to the
+    loss; STEER applies to `density` only.
     """
 
-    kinetic: KineticConfig | None = None
-    jacobian: JacobianConfig | None = None
-    taylor: TaylorConfig | None = None
-    steer: SteerConfig | None = None
-    quadrature: Literal["trapezoid", "augmented"] = "trapezoid"
+    kinetic: KineticConfig | None = Field(
+        None, description="kinetic energy penalty, weight * integral of ||f(t, y)||^2 dt "
+        "(RNODE): favours straight, constant-speed trajectories; null: off")
+    jacobian: JacobianConfig | None = Field(
+        None, description="Jacobian Frobenius penalty, weight * integral of "
+        "||df/dy||_F^2 dt (RNODE): less stiff dynamics; null: off")
+    taylor: TaylorConfig | None = Field(
+        None, description="Taylor-mode penalty, weight * integral of ||d^K y/dt^K||^2 dt "
+        "(TayNODE): dynamics an adaptive solver integrates in few steps; null: off")
+    steer: SteerConfig | None = Field(
+        None, description="STEER: each training solve ends at a random time near the end "
+        "time; evaluation uses the fixed one (density task only); null: off")
+    quadrature: Literal["trapezoid", "augmented"] = Field(
+        "trapezoid", description="how the penalties' integrals are taken along the solve: "
+        "`trapezoid` (the integrands once per solver step, on the steps of the "
+        "unregularised solve; kinetic energy alone comes free from the stages) or "
+        "`augmented` (running integrals in the ODE state, at every stage and under error "
+        "control, as RNODE's and TayNODE's code; several times dearer)")
 
     _short = field_validator("kinetic", "jacobian", "taylor", mode="before")(_weight_shorthand)
 
@@ -733,19 +1041,23 @@ UNSWEPT_KEYS = ("sweep", "distributed", "train.devices", "train.progress",
 
 class SweepConfig(_Strict):
     """A sweep (`nodekit sweep CONFIG`, `nodekit.sweep`): every combination of the
-    `grid`'s values, each trained with `seeds` seeds (the config's `seed`, `seed + 1`,
-    ...), each member a run of the config with those values set.
-
-    - `grid`: dotted config keys (as `--set` takes them) to lists of values, e.g.
-      `{"optimizer.learning_rate": [1e-3, 3e-3], "regularisation.kinetic": [0, 0.01]}`.
-    - `seeds`: seeds per grid point (a grid over `seed` itself takes 1 here).
+    `grid`'s values, each trained with `seeds` seeds, each member a run of the config
+    with those values set.
 
     The section belongs to `nodekit sweep`; `nodekit train` refuses a config holding
     it, and `nodekit validate` checks every member.
     """
 
-    grid: dict[str, list[Any]] = {}
-    seeds: PosInt = Field(1, le=MAX_SWEEP_MEMBERS)
+    grid: dict[str, list[Any]] = Field(
+        {}, description="dotted config keys (as `--set` takes them) to lists of values; "
+        "every combination is a member, e.g. `{optimizer.learning_rate: [1.0e-3, "
+        "3.0e-3], regularisation.kinetic: [0.0, 0.01]}` is 4 members. `nodekit sweep "
+        "--grid` adds keys or replaces them. Not sweepable: "
+        + ", ".join(f"`{k}`" for k in UNSWEPT_KEYS))
+    seeds: PosInt = Field(1, le=MAX_SWEEP_MEMBERS, description="seeds per grid point: the "
+                          "config's `seed`, `seed + 1`, ... (`--seeds` overrides it); 1 "
+                          "when the grid varies `seed` itself. At most "
+                          f"{MAX_SWEEP_MEMBERS} members (grid points x seeds) in all")
 
     _raw: dict | None = PrivateAttr(None)  # the base config's raw data (members start there)
 
@@ -817,16 +1129,35 @@ class Config(_Strict):
     ```
     """
 
-    seed: Seed = 0
-    task: _names(TASK_NAMES) = "trajectory"
-    precision: Literal["float32", "float64"] = "float32"
-    data: DataConfig = Field(default_factory=SpiralData)
-    model: ModelConfig = ModelConfig()
-    solver: SolverConfig = SolverConfig()
-    regularisation: RegularisationConfig = RegularisationConfig()
-    optimizer: OptimizerConfig = OptimizerConfig()
-    train: TrainConfig = TrainConfig()
-    distributed: DistributedConfig = DistributedConfig()
+    seed: Seed = Field(0, description="the run's seed: initial weights (unless "
+                       "`model.init_seed`), training keys and batches, and the generated "
+                       "data and splits (unless `data.seed`)")
+    task: _names(TASK_NAMES) = Field(
+        "trajectory", description="what is learned: `trajectory` (fit a neural ODE to "
+        "observed trajectories), `density` (a continuous normalising flow on samples), "
+        "`classification` (ODE-Net, ANODE or a ResNet on labelled examples), `latent` (a "
+        "latent ODE on irregular series with missing values), or `ude` (known physics plus "
+        "a neural term). It decides which `data` and `model` sections apply")
+    precision: Literal["float32", "float64"] = Field(
+        "float32", description="floating-point precision of the data, model and solves; "
+        "`float64` runs in JAX's 64-bit mode for this run only")
+    data: DataConfig = Field(
+        default_factory=SpiralData, description="what to train on, chosen by `data.name`: "
+        "a generated data set of the task, or `file` for your own (see the tables below); "
+        "default the task's own data set")
+    model: ModelConfig = Field(ModelConfig(), description="the model: its vector field and "
+                               "the task's own sub-section")
+    solver: SolverConfig = Field(SolverConfig(), description="how the ODEs are solved and "
+                                 "differentiated")
+    regularisation: RegularisationConfig = Field(
+        RegularisationConfig(), description="penalties on the dynamics (trajectory, density "
+        "and ude tasks); all off by default")
+    optimizer: OptimizerConfig = Field(OptimizerConfig(), description="the optimiser, "
+                                       "learning rate and schedule")
+    train: TrainConfig = Field(TrainConfig(), description="the training loop: steps, batch "
+                               "size, cadences, guards, outputs, devices")
+    distributed: DistributedConfig = Field(DistributedConfig(), description="multi-host "
+                                           "start-up; off by default")
 
     _base_dir: Path | None = PrivateAttr(None)
     _sweep: SweepConfig | None = PrivateAttr(None)
