@@ -342,7 +342,7 @@ def train(config: Config | dict | str | Path, workdir: str | Path, *, restart: b
     import nodekit
 
     config = nodekit.load_config("tiny", ["train.steps=3", "train.plots=false"])
-    summary = nodekit.train(config, "/tmp/nodekit-example-run", restart=True, progress=False)
+    summary = nodekit.train(config, "runs/tiny", restart=True, progress=False)
     print(summary["status"], summary["final_loss"], summary["time_to_first_step_s"])
     ```
     """
