@@ -163,8 +163,7 @@ def anode_loss(
 
     model = ANODEClassifier(2, augment_dim=1, width=8, key=jax.random.PRNGKey(0))
     xs, ys = jnp.ones((4, 2)), jnp.array([1.0, -1.0, 1.0, -1.0])
-    loss_and_grad = eqx.filter_jit(eqx.filter_value_and_grad(anode_loss, has_aux=True))
-    (loss, aux), grads = loss_and_grad(model, xs, ys)
+    (loss, aux), grads = eqx.filter_value_and_grad(anode_loss, has_aux=True)(model, xs, ys)
     ```
     """
     labels = jnp.asarray(labels)
