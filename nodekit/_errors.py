@@ -22,10 +22,12 @@ class NodekitError(Exception):
     **Example:**
 
     ```python
+    import nodekit
+
     try:
-        nodekit.train("configs/spiral.yaml", "runs/spiral")
-    except nodekit.NodekitError as e:
-        print(e, e.exit_code)
+        nodekit.train("no-such-config.yaml", "runs/x")   # a typo in the file name
+    except nodekit.NodekitError as e:   # here a ConfigError
+        print(e.exit_code, e)   # 2 config file 'no-such-config.yaml' does not exist. ...
     ```
     """
 
@@ -63,6 +65,8 @@ class ConfigError(InputError):
     **Example:**
 
     ```python
+    import nodekit
+
     try:
         nodekit.validate_config({"solver": {"rtoll": 1e-5}})
     except nodekit.ConfigError as e:
@@ -83,10 +87,15 @@ class CheckpointError(InputError):
     **Example:**
 
     ```python
+    import nodekit
+
+    config = nodekit.load_config("tiny", ["train.steps=3", "train.plots=false"])
+    nodekit.train(config, "runs/tiny", restart=True, progress=False)
+    wider = nodekit.load_config("tiny", ["train.steps=3", "model.field.width=32"])
     try:
-        nodekit.train(other_config, "runs/spiral")   # workdir holds another run
+        nodekit.train(wider, "runs/tiny", progress=False)   # the workdir holds another run
     except nodekit.CheckpointError as e:
-        print(e)   # ... was written by a different config ... `--restart` ...
+        print(e)   # ... written by a different config ... model.field.width 16 -> 32 ...
     ```
     """
 
@@ -100,10 +109,14 @@ class TrainingFault(NodekitError, RuntimeError):
     **Example:**
 
     ```python
+    import nodekit
+
+    config = nodekit.load_config("tiny", ["train.steps=3", "train.plots=false",
+                                          "optimizer.learning_rate=1e30"])   # far too large
     try:
-        nodekit.train(config, "runs/x")
+        nodekit.train(config, "runs/diverged", restart=True, progress=False)
     except nodekit.TrainingFault as e:
-        print(e.step, e.status)
+        print(e.step, e.status)   # 1 solver_failure (the message says what to try)
     ```
     """
 

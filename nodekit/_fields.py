@@ -158,7 +158,13 @@ class SecondOrderField(AbstractVectorField):
     import jax.numpy as jnp
     import nodekit
 
-    field = nodekit.SecondOrderField.from_mlp(2, width=32, key=jax.random.PRNGKey(0))
+    # a spring, x'' = -x: the acceleration sees y = [x, v] and returns x'' (size 1)
+    spring = nodekit.SecondOrderField(nodekit.FunctionField(lambda t, y, args: -y[:1]), size=1)
+    ys = nodekit.odeint(spring, jnp.array([1.0, 0.0]), jnp.array([0.0, jnp.pi]))
+    print(ys[-1])   # ~[-1, 0]: x(t) = cos t, v(t) = -sin t
+
+    # a learned acceleration a(x, v) for a 2-D position: state [x, v] of size 4
+    field = nodekit.SecondOrderField.from_mlp(2, width=8, key=jax.random.PRNGKey(0))
     dy = field(0.0, jnp.ones(4), None)   # [v, a(x, v)], shape (4,)
     ```
     """

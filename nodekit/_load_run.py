@@ -27,6 +27,18 @@ class Run:
     - `summary`: `summary.json` as a dict (`None` if the run wrote none yet).
     - `task`: the task object (its data: e.g. `run.task.ts`, `run.task.ys`).
     - `step`: the training steps behind `model`; `checkpoint`: the file it came from.
+
+    **Example:**
+
+    ```python
+    import nodekit
+
+    config = nodekit.load_config("tiny", ["train.steps=3", "train.plots=false"])
+    nodekit.train(config, "runs/tiny", restart=True, progress=False)
+    run = nodekit.load("runs/tiny", which="latest")
+    steps, losses = run.series("loss")   # one point per logged step
+    print(run.config.model.field.width, run.step, steps, losses)
+    ```
     """
 
     config: Config
@@ -74,8 +86,8 @@ def load(workdir: str | Path, which: str = "best") -> Run:
     import nodekit
 
     config = nodekit.load_config("tiny", ["train.steps=3", "train.plots=false"])
-    nodekit.train(config, "/tmp/nodekit-load-example", restart=True, progress=False)
-    run = nodekit.load("/tmp/nodekit-load-example", which="latest")
+    nodekit.train(config, "runs/tiny", restart=True, progress=False)
+    run = nodekit.load("runs/tiny", which="latest")
     ts = jnp.asarray(run.task.ts[:20])
     ys = run.model(ts, jnp.asarray(run.task.ys[0]))   # the trained model, at once
     print(run.step, run.summary["status"], ys.shape, run.metrics[-1]["loss"])

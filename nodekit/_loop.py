@@ -342,8 +342,8 @@ def train(config: Config | dict | str | Path, workdir: str | Path, *, restart: b
     import nodekit
 
     config = nodekit.load_config("tiny", ["train.steps=3", "train.plots=false"])
-    summary = nodekit.train(config, "/tmp/nodekit-example-run", restart=True, progress=False)
-    print(summary["status"], summary["final_loss"], summary["time_to_first_step_s"])
+    summary = nodekit.train(config, "runs/tiny", restart=True, progress=False)
+    print(summary["status"], summary["steps"], summary["final_loss"])   # ok 3 ...
     ```
     """
     return _train(config, workdir, restart=restart, init_from=init_from, progress=progress)

@@ -24,8 +24,15 @@ def make_optimizer(cfg: OptimizerConfig, total_steps: int, *,
     **Example:**
 
     ```python
-    optim = make_optimizer(OptimizerConfig(name="adamw", learning_rate=3e-3,
-                                           schedule="warmup_cosine", warmup_steps=100), 1000)
+    import jax.numpy as jnp
+    import nodekit
+
+    cfg = nodekit.validate_config({"optimizer": {
+        "name": "adamw", "learning_rate": 3e-3, "schedule": "warmup_cosine",
+        "warmup_steps": 100}})
+    optim = nodekit.make_optimizer(cfg.optimizer, total_steps=1000)
+    params = {"w": jnp.ones(3)}
+    updates, state = optim.update({"w": jnp.ones(3)}, optim.init(params), params)
     ```
 
     `name="lbfgs"` gives `optax.lbfgs` with a zoom line search (`kwargs`: `memory_size`,

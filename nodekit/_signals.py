@@ -46,6 +46,7 @@ class Stopped(NodekitError):
     **Example:**
 
     ```python
+    # not run: the except branch needs a Ctrl-C while it trains (without one, it just trains)
     import nodekit
 
     try:

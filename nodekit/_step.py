@@ -93,8 +93,25 @@ def make_step(loss_fn: Callable, optim: optax.GradientTransformation) -> Callabl
     **Example:**
 
     ```python
-    step = nodekit.make_step(loss_fn, optax.adam(1e-3))
-    model, opt_state, metrics = step(model, opt_state, batch, jax.random.PRNGKey(0))
+    import equinox as eqx
+    import jax
+    import jax.numpy as jnp
+    import optax
+    import nodekit
+
+    def loss_fn(model, batch, key):   # fit y(1) to a target from y(0)
+        y0s, targets = batch
+        ys = jax.vmap(lambda y0: model(jnp.array([0.0, 1.0]), y0))(y0s)
+        return jnp.mean((ys[:, -1] - targets) ** 2), {}
+
+    model = nodekit.NeuralODE(nodekit.MLPField(2, width=4, depth=1, key=jax.random.PRNGKey(0)))
+    optim = optax.adam(1e-2)
+    opt_state = optim.init(eqx.filter(model, eqx.is_inexact_array))
+    step = nodekit.make_step(loss_fn, optim)
+    batch = (jnp.ones((4, 2)), jnp.zeros((4, 2)))
+    for i in range(3):
+        model, opt_state, metrics = step(model, opt_state, batch, jax.random.PRNGKey(i))
+    print(metrics["loss"], metrics["finite"])
     ```
     """
     return eqx.filter_jit(step_body(loss_fn, optim))

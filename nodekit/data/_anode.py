@@ -23,7 +23,10 @@ def anode_g1d() -> LabelledData:
     **Example:**
 
     ```python
-    x, y = nodekit.data.anode_g1d()
+    import nodekit
+
+    x, y = nodekit.data.anode_g1d()   # x = [[1], [-1]] maps to y = [-1, 1]
+    print(x.shape, y)                 # (2, 1) [-1.  1.]
     ```
     """
     return LabelledData(
@@ -79,8 +82,10 @@ def concentric_spheres(
     **Example:**
 
     ```python
-    train, test = nodekit.data.concentric_spheres(2000, dim=2, seed=0)
-    train.x.shape, train.y.shape   # (1600, 2), (1600,)
+    import nodekit
+
+    train, test = nodekit.data.concentric_spheres(200, dim=2, seed=0)
+    print(train.x.shape, train.y.shape, test.x.shape)   # (160, 2) (160,) (40, 2)
     ```
     """
     n = check_int("n", n, minimum=2)

@@ -52,8 +52,10 @@ def digits(seed: int = 0, test_fraction: float = 0.2) -> Split[LabelledData]:
     **Example:**
 
     ```python
+    import nodekit
+
     train, test = nodekit.data.digits(seed=0)
-    train.x.shape, test.x.shape   # (1437, 1, 8, 8), (360, 1, 8, 8)
+    print(train.x.shape, test.x.shape)   # (1438, 1, 8, 8) (359, 1, 8, 8)
     ```
     """
     seed = check_seed(seed)

@@ -29,8 +29,10 @@ class LatentSpirals:
     **Example:**
 
     ```python
-    train, test = nodekit.data.latent_spirals(500, seed=0)
-    train.ts.shape, train.observations.shape, train.mask.shape   # (T,), (N, T, 2), (N, T)
+    import nodekit
+
+    train, test = nodekit.data.latent_spirals(50, seed=0)
+    print(train.ts.shape, train.observations.shape, train.mask.shape)   # (T,) (N, T, 2) (N, T)
     ```
 
     All spirals share the time grid `ts`. Time points `ts[:obs_end]` are the
@@ -127,8 +129,10 @@ def latent_spirals(
     **Example:**
 
     ```python
-    train, test = nodekit.data.latent_spirals(1000, seed=0)
-    train.observations.shape                  # (800, 100, 2), zero where ~train.mask
+    import nodekit
+
+    train, test = nodekit.data.latent_spirals(50, seed=0)
+    print(train.observations.shape)           # (40, 100, 2), zero where ~train.mask
     window = train.ts[: train.obs_end]        # observed part of the grid
     future = train.trajectories[:, train.obs_end :]   # extrapolation targets
     ```

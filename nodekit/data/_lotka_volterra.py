@@ -34,8 +34,11 @@ class LotkaVolterra:
     **Example:**
 
     ```python
+    import nodekit
+
     lv = nodekit.data.lotka_volterra(seed=0)
-    lv.ts.shape, lv.observations.shape, lv.params   # (n_obs,), (n_obs, 2), (alpha, beta, gamma, delta)
+    print(lv.ts.shape, lv.observations.shape)   # (31,) (31, 2): (n_obs,), (n_obs, 2)
+    alpha, beta, gamma, delta = lv.params       # 1.3 0.9 0.8 1.8
     ```
 
     **Fields:**
@@ -153,8 +156,10 @@ def lotka_volterra(
     **Example:**
 
     ```python
+    import nodekit
+
     lv = nodekit.data.lotka_volterra(seed=0)
-    lv.observations.shape                       # (31, 2)
+    print(lv.observations.shape)                # (31, 2)
     ts_long, states_long = lv.extrapolate(6.0)  # 61 points, same spacing
     ```
     """

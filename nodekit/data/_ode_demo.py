@@ -56,6 +56,8 @@ def ode_demo_spiral(n_points: int = 1000, t1: float = 25.0) -> tuple[np.ndarray,
     **Example:**
 
     ```python
+    import nodekit
+
     ts, ys = nodekit.data.ode_demo_spiral()        # (1000,), (1000, 2)
     ts, ys = nodekit.data.ode_demo_spiral(n_points=200, t1=10.0)
     ```

@@ -25,8 +25,15 @@ class Split(Generic[T]):
     - `test`: the test set (empty when the generator was called with
       `test_fraction=0`).
 
-    **Example:** it unpacks as a pair, `train, test = nodekit.data.digits(seed=0)`, or
-    `split = nodekit.data.digits(seed=0); split.train, split.test`.
+    **Example:**
+
+    ```python
+    import nodekit
+
+    split = nodekit.data.concentric_spheres(100, seed=0)
+    print(len(split.train), len(split.test))   # 80 20
+    train, test = split                        # it unpacks as a pair
+    ```
     """
 
     train: T
@@ -47,6 +54,17 @@ class LabelledData:
       data, int32 classes for `digits`).
 
     Unpacks as a pair (`x, y = data`) and supports `len(data)`.
+
+    **Example:**
+
+    ```python
+    import numpy as np
+    import nodekit
+
+    data = nodekit.data.LabelledData(np.zeros((4, 2), np.float32), np.array([0, 1, 0, 1]))
+    x, y = data
+    print(len(data), data.subset(y == 1).x.shape)   # 4 (2, 2)
+    ```
     """
 
     x: np.ndarray
@@ -109,8 +127,12 @@ def split_indices(
     **Example:**
 
     ```python
+    import numpy as np
+    import nodekit
+
     train_idx, test_idx = nodekit.data.split_indices(100, test_fraction=0.2, seed=0)
-    # len(test_idx) == 20, disjoint from train_idx
+    print(len(train_idx), len(test_idx))              # 80 20
+    assert not np.intersect1d(train_idx, test_idx).size   # disjoint
     ```
     """
     n = check_int("n", n)
@@ -194,8 +216,11 @@ def batch_indices(seed: int, step: int, n: int, batch_size: int) -> np.ndarray:
     **Example:**
 
     ```python
-    idx = nodekit.data.batch_indices(seed=0, step=1234, n=len(train), batch_size=128)
-    xb, yb = train.x[idx], train.y[idx]
+    import nodekit
+
+    train, test = nodekit.data.concentric_spheres(200, seed=0)
+    idx = nodekit.data.batch_indices(seed=0, step=1234, n=len(train), batch_size=32)
+    xb, yb = train.x[idx], train.y[idx]   # the same batch whenever step 1234 is rerun
     ```
     """
     seed = check_seed(seed)

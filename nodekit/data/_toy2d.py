@@ -28,7 +28,15 @@ CIRCLES_STD = 0.24
 def eight_gaussians_centres() -> np.ndarray:
     """The `(8, 2)` centres of the `8gaussians` mixture, in FFJORD's order.
 
-    **Example:** `np.linalg.norm(eight_gaussians_centres(), axis=1)` is `4 / 1.414` for each.
+    **Example:**
+
+    ```python
+    import numpy as np
+    import nodekit
+
+    centres = nodekit.data.eight_gaussians_centres()
+    print(np.linalg.norm(centres, axis=1))   # 4 / sqrt(2) ~ 2.83 for each
+    ```
     """
     s = 1.0 / math.sqrt(2.0)
     unit = np.array(
@@ -138,6 +146,8 @@ def sample_toy2d(name: str, n: int, seed: int = 0) -> np.ndarray:
     **Example:**
 
     ```python
+    import nodekit
+
     x = nodekit.data.sample_toy2d("8gaussians", 512, seed=0)   # (512, 2) float32
     ```
     """
@@ -219,8 +229,10 @@ def toy2d_log_density(name: str, points) -> np.ndarray:
     **Example:**
 
     ```python
+    import nodekit
+
     x = nodekit.data.sample_toy2d("8gaussians", 1000, seed=0)
-    nll = -nodekit.data.toy2d_log_density("8gaussians", x).mean()   # about 2.84 nats
+    nll = -nodekit.data.toy2d_log_density("8gaussians", x).mean()   # about 2.85 nats
     ```
     """
     name = _check_name(name)

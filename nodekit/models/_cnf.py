@@ -54,7 +54,14 @@ NOISES = ("gaussian", "rademacher")
 def standard_normal_log_prob(z) -> jax.Array:
     """`log N(z; 0, I)` of one vector `z` (summed over its entries).
 
-    **Example:** `standard_normal_log_prob(jnp.zeros(2))` is `-log(2 pi)` ≈ -1.8379.
+    **Example:**
+
+    ```python
+    import jax.numpy as jnp
+    from nodekit.models import standard_normal_log_prob
+
+    print(standard_normal_log_prob(jnp.zeros(2)))   # -log(2 pi) ~ -1.8379
+    ```
     """
     return -0.5 * jnp.sum(z**2) - 0.5 * z.size * math.log(2 * math.pi)
 

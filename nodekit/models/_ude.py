@@ -192,8 +192,14 @@ class LotkaVolterraInteraction(AbstractVectorField):
     (defaults 0.9 and 0.8, as Rackauckas et al.): the reference for
     `LotkaVolterraUDE.missing_term`, and a drop-in `neural` term for checks.
 
-    **Example:** `LotkaVolterraInteraction()(0.0, jnp.array([1.0, 2.0]), None)` is
-    `(-1.8, 1.6)`.
+    **Example:**
+
+    ```python
+    import jax.numpy as jnp
+    from nodekit.models import LotkaVolterraInteraction
+
+    print(LotkaVolterraInteraction()(0.0, jnp.array([1.0, 2.0]), None))   # [-1.8  1.6]
+    ```
     """
 
     beta: float = eqx.field(static=True, default=0.9)
