@@ -380,7 +380,8 @@ _API_GROUPS = {
     "_odeint": "Solving an ODE", "_settings": "Solving an ODE", "_diffrax_solve": "Solving an ODE",
     "_neural_ode": "Neural ODEs", "_fields": "Vector fields",
     "_regularisers": "Regularisers", "_loop": "Training", "_step": "Training",
-    "_optim": "Training", "_load_run": "Training", "_config": "Configs", "_errors": "Errors",
+    "_optim": "Training", "_load_run": "Training", "_build": "Training",
+    "_signals": "Training", "_sweep": "Sweeps", "_config": "Configs", "_errors": "Errors",
 }
 
 
