@@ -227,7 +227,7 @@ KINDS = {
                "A workdir that cannot be used as asked: another config's run, a damaged "
                "checkpoint, a folder in use or not writable. `nodekit.train` raises "
                "`nodekit.CheckpointError` or `nodekit.InputError`; nothing is overwritten."),
-    "stop": ("Stop signals (exit 130 / 143)", "stopped",
+    "stop": ("Stop signals (exit 130 / 143)", "stop-signals",
              "Not an error: the run was asked to stop (Ctrl-C is SIGINT, a scheduler's "
              "SIGTERM). It finishes the step in progress, writes a checkpoint and the "
              "summary, and exits with 128 + the signal number. Rerun the same command to "
