@@ -10,7 +10,8 @@
   working directory; the tests below report each page's result.
 - The troubleshooting catalogue (`docs/_hooks/errors.yaml`) is checked against the
   raise sites in `nodekit/`: every message template that nodekit can raise must match
-  the real message of at least one catalogue entry's example.
+  the real message of a catalogue entry's example, or hold one of an entry's `covers`
+  phrases (see "errors" below).
 """
 
 from __future__ import annotations
