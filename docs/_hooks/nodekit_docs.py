@@ -194,7 +194,6 @@ def cli_reference() -> str:
 # requires every one of them to be covered by an entry, and the page lists, under each
 # entry, the messages it covers.
 
-ROOT = HERE.parents[1]
 
 #: The page's sections, in order: `kind` key -> (heading, anchor, what they have in common).
 KINDS = {
@@ -391,11 +390,19 @@ def _merge(parts: list) -> tuple:
     return tuple(out)
 
 
-def message_templates(root: Path = ROOT) -> list[Template]:
+def _source_root() -> Path:
+    """The folder that holds the `nodekit` package being documented."""
+    import nodekit
+
+    return Path(nodekit.__file__).resolve().parents[1]
+
+
+def message_templates(root: Path | None = None) -> list[Template]:
     """Every message template in `root/nodekit`: the message of each exception made,
     raised or returned (`return ConfigError(...)`), and each string returned by a
     message builder. Templates with fewer than 12 letters of literal text (a bare
     `str(e)`) are left out: there is nothing to document in them."""
+    root = _source_root() if root is None else root
     out, seen = [], set()
     for path in sorted((root / "nodekit").rglob("*.py")):
         rel = str(path.relative_to(root))
@@ -473,7 +480,10 @@ def error_catalogue() -> str:
     entries = load_catalogue()
     results = {e["id"]: check_entry(e) for e in entries}
     messages = {k: v[1] for k, v in results.items()}
-    related = _templates_by_entry(entries, messages, message_templates())
+    templates = message_templates()
+    if not templates:
+        raise DocsBuildError("error catalogue: no raise sites found in nodekit's source")
+    related = _templates_by_entry(entries, messages, templates)
     out = []
     for kind, (heading, anchor, intro) in KINDS.items():
         mine = [e for e in entries if e["kind"] == kind]
