@@ -819,7 +819,7 @@ class _Run:
             s = self.config.solver
             msg = solver_failure_message(result_name(int(host.get("solver_result", 1))),
                                          solver=s.name, rtol=s.rtol, atol=s.atol,
-                                         max_steps=s.max_steps)
+                                         max_steps=s.max_steps, language="config")
             raise SolverError(
                 f"step {step}: {int(fails)} of {bs} solves in the batch failed "
                 f"(train.max_solver_failures={cfg.max_solver_failures}). Likely cause: {msg} "

@@ -718,8 +718,8 @@ def sample_noise(regularisers, key, y_shape, dtype=jnp.float32) -> tuple:
     needing = [r for r in regularisers if r.needs_noise]
     if needing and key is None:
         raise InputError(
-            f"{needing[0]!r} draws noise once per solve, so it needs a PRNG key: pass "
-            "key=jax.random.PRNGKey(...) (a fresh key each training step)."
+            f"{type(needing[0]).__name__} draws noise once per solve, so it needs a PRNG "
+            "key: pass key=jax.random.PRNGKey(...) (a fresh key each training step)."
         )
     out = []
     for i, r in enumerate(regularisers):

@@ -14,6 +14,7 @@ Wired in `mkdocs.yml` (`hooks:`); `make docs` builds with `--strict`.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import io
 import os
@@ -276,6 +277,53 @@ def cli_reference() -> str:
 
 
 # --------------------------------------------------------------------------- errors
+#
+# The troubleshooting page. `docs/_hooks/errors.yaml` holds one entry per FAMILY of
+# messages: a runnable example (Python, or `nodekit ...` command lines with the files
+# they read) whose real message is shown on the page and must match the entry's
+# `pattern`, and `covers`: the distinctive phrases of the family's other messages. The
+# raise sites are read from nodekit's source (`message_templates`); `tests/test_docs.py`
+# requires every one of them to be covered by an entry, and the page lists, under each
+# entry, the messages it covers.
+
+
+#: The page's sections, in order: `kind` key -> (heading, anchor, what they have in common).
+KINDS = {
+    "config": ("Config errors (exit 2)", "config",
+               "The config (a YAML file, `--set` overrides, or the dict given to "
+               "`nodekit.train`) is checked as a whole before anything runs. The message "
+               "starts with the key path; `nodekit validate CONFIG` shows the same message "
+               "without training."),
+    "data": ("Data files (exit 2)", "data-files",
+             "Your own CSV or NPZ file (`data: {name: file, ...}`) is read and checked before "
+             "training starts; the message names the file, the line or array index, and the "
+             "column."),
+    "code": ("Your own code in a config (exit 2)", "your-code",
+             "A vector field from your own module (`model.field: {type: python, target: "
+             "\"module:Name\"}`) is imported and called once on a state before compiling."),
+    "python": ("Python API input errors (InputError)", "python-api",
+               "Arguments of `nodekit.odeint`, `nodekit.NeuralODE`, the models, regularisers "
+               "and data generators are checked when called, before any compilation. The "
+               "exception is `nodekit.InputError` (a `ValueError`); the message names the "
+               "argument as you typed it."),
+    "solver": ("Solver failures (SolverError)", "solver",
+               "A solve that cannot reach the end time raises `nodekit.SolverError` (a "
+               "`TrainingFault`) from `odeint` and the models; in a training run the same "
+               "failure ends the run with exit code 3 (next section)."),
+    "training": ("Training faults (exit 3)", "training",
+                 "Training stopped on a fault: the update of the failing step is not applied, "
+                 "the last good checkpoint is kept, and `summary.json` records the status. "
+                 "`nodekit.train` raises `nodekit.TrainingFault`."),
+    "rundir": ("Checkpoints and run folders (exit 2)", "run-folders",
+               "A workdir that cannot be used as asked: another config's run, a damaged "
+               "checkpoint, a folder in use or not writable. `nodekit.train` raises "
+               "`nodekit.CheckpointError` or `nodekit.InputError`; nothing is overwritten."),
+    "stop": ("Stop signals (exit 130 / 143)", "stop-signals",
+             "Not an error: the run was asked to stop (Ctrl-C is SIGINT, a scheduler's "
+             "SIGTERM). It finishes the step in progress, writes a checkpoint and the "
+             "summary, and exits with 128 + the signal number. Rerun the same command to "
+             "resume."),
+}
 
 
 def load_catalogue() -> list[dict]:
@@ -288,12 +336,28 @@ def load_catalogue() -> list[dict]:
         for key in ("id", "kind", "title", "pattern", "cause", "fix", "example"):
             if key not in e:
                 raise DocsBuildError(f"{CATALOGUE.name}: entry {e.get('id')!r} has no {key!r}")
+        if e["kind"] not in KINDS:
+            raise DocsBuildError(f"{CATALOGUE.name}: entry {e['id']!r} has kind {e['kind']!r}; "
+                                 f"kinds: {', '.join(KINDS)}")
+        unknown = set(e) - {"id", "kind", "title", "pattern", "cause", "fix", "example",
+                            "shell", "files", "covers"}
+        if unknown:
+            raise DocsBuildError(f"{CATALOGUE.name}: entry {e['id']!r} has unknown keys "
+                                 f"{sorted(unknown)}")
     return entries
+
+
+def _shell_lines(code: str) -> list[str]:
+    """The `nodekit ...` command lines of a shell example (comments and blank lines
+    skipped), each run in order."""
+    return [ln.strip() for ln in code.splitlines()
+            if ln.strip() and not ln.lstrip().startswith("#")]
 
 
 def run_example(entry: dict) -> tuple[str, str]:
     """Run an entry's example; returns `(error type, message)` of what it raised (for a
-    `shell` example: the exit code and the last line nodekit printed)."""
+    `shell` example: the exit code of its last command and the message nodekit printed
+    last, from its `nodekit:` line on)."""
     code = entry["example"]
     with tempfile.TemporaryDirectory() as tmp, _chdir(tmp):
         for name, text in (entry.get("files") or {}).items():
@@ -302,14 +366,20 @@ def run_example(entry: dict) -> tuple[str, str]:
         if entry.get("shell"):
             from nodekit.cli import main
 
-            err = io.StringIO()
-            line = code.strip().splitlines()[-1]
-            argv = shlex.split(line)
-            assert argv[0] == "nodekit", line
-            with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-                rc = main(argv[1:])
-            printed = [ln for ln in err.getvalue().splitlines() if ln.startswith("nodekit:")]
-            return f"exit {rc}", printed[-1] if printed else ""
+            rc, text = None, ""
+            for line in _shell_lines(code):
+                argv = shlex.split(line)
+                if argv[0] != "nodekit":
+                    raise DocsBuildError(f"error catalogue entry {entry['id']!r}: a shell "
+                                         f"example runs `nodekit ...` lines only: {line}")
+                err = io.StringIO()
+                with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+                    rc = main(argv[1:])
+                text = err.getvalue()
+            lines = text.rstrip("\n").splitlines()
+            starts = [i for i, ln in enumerate(lines) if ln.startswith("nodekit:")]
+            message = "\n".join(lines[starts[-1]:]) if starts else ""
+            return (f"exit {rc}", message) if rc else ("", message)
         try:
             exec(compile(code, f"<{entry['id']}>", "exec"), {"__name__": "__example__"})
         except Exception as e:  # noqa: BLE001 - the point is to catch what it raises
@@ -337,25 +407,204 @@ def check_entry(entry: dict) -> tuple[str, str]:
     return kind, message
 
 
+# ---- the raise sites
+
+
+class Template(typing.NamedTuple):
+    """A message nodekit can raise, read from its source: `parts` are the literal pieces
+    of the message with `None` for each interpolated value."""
+
+    file: str
+    line: int
+    parts: tuple
+
+    @property
+    def regex(self) -> str:
+        return "".join(".*" if p is None else re.escape(p) for p in self.parts)
+
+    @property
+    def literal(self) -> str:
+        """The longest literal run: what a `covers` phrase of an entry must appear in."""
+        return max((p for p in self.parts if p is not None), key=len, default="")
+
+    @property
+    def shown(self) -> str:
+        """The message as the page shows it, `…` for each interpolated value."""
+        return "".join("…" if p is None else p for p in self.parts)
+
+
+#: Calls whose first string argument is a message, raised or not (and any class raised
+#: with a string): the exception types and the helpers that make one (`_error(message, reason)` of the checkpoint reader,
+#: `error(...)` of the file reader). Helpers that build the whole exception
+#: (`unexpected_keywords`, `_format_error`) are read through the calls inside them.
+_MESSAGE_CALL = re.compile(r"(Error|Fault|Stopped|_error|^error)$")
+#: Functions that build messages as strings (`unknown_name_message`,
+#: `solver_failure_message`, `_call_failure`, ...): every string they return is a message.
+_MESSAGE_BUILDER = re.compile(r"(_message|_failure)$")
+
+
+def _parts(node) -> list | None:
+    """The literal pieces of the text an expression builds (`None` for each computed
+    piece), or `None` when it builds no literal text."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return [node.value]
+    if isinstance(node, ast.JoinedStr):
+        return [v.value if isinstance(v, ast.Constant) else None for v in node.values]
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
+        a, b = _parts(node.left), _parts(node.right)
+        if a is None and b is None:
+            return None
+        return (a or [None]) + (b or [None])
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
+            and node.func.attr in ("replace", "strip", "rstrip") and node.func.value is not None:
+        return _parts(node.func.value)  # f"...".replace("..", ".")
+    return None
+
+
+def _message_arg(call: ast.Call):
+    name = getattr(call.func, "id", getattr(call.func, "attr", ""))
+    if not call.args:
+        return None
+    if name == "ConfigError" and len(call.args) > 1:
+        return call.args[-1]  # ConfigError(path, message)
+    return call.args[0]
+
+
+def _merge(parts: list) -> tuple:
+    out: list = []
+    for p in parts:
+        if p is None and out and out[-1] is None:
+            continue
+        if p is not None and out and out[-1] is not None:
+            out[-1] += p
+            continue
+        out.append(p)
+    return tuple(out)
+
+
+def _source_root() -> Path:
+    """The folder that holds the `nodekit` package being documented."""
+    import nodekit
+
+    return Path(nodekit.__file__).resolve().parents[1]
+
+
+def message_templates(root: Path | None = None) -> list[Template]:
+    """Every message template in `root/nodekit`: the message of each exception made,
+    raised or returned (`return ConfigError(...)`), and each string returned by a
+    message builder. Templates with fewer than 12 letters of literal text (a bare
+    `str(e)`) are left out: there is nothing to document in them."""
+    root = _source_root() if root is None else root
+    out, seen = [], set()
+    for path in sorted((root / "nodekit").rglob("*.py")):
+        rel = str(path.relative_to(root))
+        tree = ast.parse(path.read_text())
+        found = []
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call):
+                name = getattr(node.exc.func, "id", getattr(node.exc.func, "attr", ""))
+                if name[:1].isupper():  # any exception class raised with a message
+                    found.append((node.lineno, _message_arg(node.exc)))
+            if isinstance(node, ast.Call):
+                name = getattr(node.func, "id", getattr(node.func, "attr", ""))
+                if _MESSAGE_CALL.search(name):
+                    found.append((node.lineno, _message_arg(node)))
+            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) \
+                    and _MESSAGE_BUILDER.search(node.name):
+                for sub in ast.walk(node):
+                    if isinstance(sub, ast.Return) and sub.value is not None:
+                        found.append((sub.lineno, sub.value))
+                    elif isinstance(sub, ast.Assign) and any(
+                            getattr(t, "id", "") == "msg" for t in sub.targets):
+                        found.append((sub.lineno, sub.value))
+        while any(isinstance(arg, ast.IfExp) for _, arg in found):
+            found = [alt for line, arg in found for alt in (
+                [(line, arg.body), (line, arg.orelse)] if isinstance(arg, ast.IfExp)
+                else [(line, arg)])]  # `A if c else B`: two messages
+        for line, arg in found:
+            parts = _parts(arg) if arg is not None else None
+            if parts is None:
+                continue
+            t = Template(rel, line, _merge(parts))
+            if (rel, line, t.parts) in seen or \
+                    len(re.sub(r"[^a-z]", "", "".join(p or "" for p in t.parts).lower())) < 12:
+                continue
+            seen.add((rel, line, t.parts))
+            out.append(t)
+    return out
+
+
+def covers_template(entry: dict, message: str, template: Template) -> bool:
+    """Whether `entry` (whose example gave `message`) documents `template`: the
+    template's regex matches the real message, or one of the entry's `covers` phrases
+    lies in the template's longest literal run. A phrase is at least 20 characters, or
+    the whole of that run (so a short generic phrase cannot cover new wording)."""
+    if re.search(template.regex, message, re.S):
+        return True
+    return any(phrase_covers(p, template) for p in entry.get("covers") or ())
+
+
+def phrase_covers(phrase: str, template: Template) -> bool:
+    """Whether a `covers` phrase names `template`: it lies in the template's longest
+    literal run and is 20+ characters long or that whole run (spaces aside)."""
+    run = template.literal
+    return phrase in run and (len(phrase) >= 20 or phrase.strip() == run.strip())
+
+
+def _templates_by_entry(entries, messages, templates) -> dict[str, list[Template]]:
+    out: dict[str, list[Template]] = {e["id"]: [] for e in entries}
+    for t in templates:
+        for e in entries:
+            if covers_template(e, messages[e["id"]], t):
+                out[e["id"]].append(t)
+                break
+    return out
+
+
+# ---- the page
+
+
+def _fence(lang: str, text: str) -> list[str]:
+    return [f"```{lang}", text.rstrip(), "```", ""]
+
+
 def error_catalogue() -> str:
     entries = load_catalogue()
-    kinds = list(dict.fromkeys(e["kind"] for e in entries))
+    results = {e["id"]: check_entry(e) for e in entries}
+    messages = {k: v[1] for k, v in results.items()}
+    templates = message_templates()
+    if not templates:
+        raise DocsBuildError("error catalogue: no raise sites found in nodekit's source")
+    related = _templates_by_entry(entries, messages, templates)
     out = []
-    for kind in kinds:
-        out += [f"## {kind}", ""]
-        for e in (x for x in entries if x["kind"] == kind):
-            err, message = check_entry(e)
-            lang = "bash" if e.get("shell") else "python"
-            out += [f"### {e['title']} {{#{e['id']}}}", "",
-                    "```text", f"{err}: {message}" if not e.get("shell") else message, "```", "",
-                    f"**Cause.** {e['cause'].strip()}", "",
-                    "**Example that triggers it:**", ""]
+    for kind, (heading, anchor, intro) in KINDS.items():
+        mine = [e for e in entries if e["kind"] == kind]
+        if not mine:
+            continue
+        out += [f"## {heading} {{#{anchor}}}", "", intro, ""]
+        for e in mine:
+            err, message = results[e["id"]]
+            out += [f"### {e['title']} {{#{e['id']}}}", ""]
+            out += _fence("text", message if e.get("shell") else f"{err}: {message}")
+            if e.get("shell"):
+                out += [f"Exit code {err.removeprefix('exit ')}.", ""]
+            out += [f"**Cause.** {e['cause'].strip()}", "", f"**Fix.** {e['fix'].strip()}", "",
+                    "**Example that gives it:**", ""]
             for name, text in (e.get("files") or {}).items():
-                out += [f"`{name}`:", "", "```yaml" if name.endswith((".yaml", ".yml")) else "```text",
-                        text.rstrip(), "```", ""]
-            out += [f"```{lang}", e["example"].rstrip(), "```", "",
-                    f"**Fix.** {e['fix'].strip()}", ""]
+                lang = ("yaml" if name.endswith((".yaml", ".yml")) else
+                        "python" if name.endswith(".py") else "text")
+                out += [f"`{name}`:", ""] + _fence(lang, text)
+            out += _fence("bash" if e.get("shell") else "python", e["example"])
+            others = sorted({t.shown.strip() for t in related[e["id"]]} - {""})
+            if others:
+                out += ["??? note \"Related messages (%d)\"" % len(others), ""]
+                out += [f"    - `{_code_span(t)}`" for t in others]
+                out.append("")
     return "\n".join(out)
+
+
+def _code_span(text: str) -> str:
+    return " ".join(text.split()).replace("`", "'")
 
 
 # --------------------------------------------------------------------------- API
