@@ -42,6 +42,7 @@ $(DOCS_STAMP): $(STAMP)
 	rm -f $(VENV)/.docs-*; touch $(DOCS_STAMP)
 
 docs: $(DOCS_STAMP)
+	$(BIN)/python -m pytest -q -n 0 -m docs tests/test_docs.py
 	NO_MKDOCS_2_WARNING=1 JAX_PLATFORMS=cpu $(BIN)/mkdocs build --strict --site-dir site
 	@echo "site: site/index.html"
 

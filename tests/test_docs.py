@@ -121,7 +121,7 @@ def results():
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.xdist_group("docs")
+@pytest.mark.docs  # (`make docs`; the default suite leaves them out for its time budget)
 @pytest.mark.parametrize("source", sorted(_GROUPS))
 def test_example_runs(results, source):
     r = results[source]
