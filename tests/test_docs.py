@@ -190,6 +190,7 @@ def catalogue():
     return entries, {e["id"]: hooks.check_entry(e)[1] for e in entries}
 
 
+@pytest.mark.docs  # runs the catalogue's examples (`make docs`)
 def test_every_raised_message_has_a_troubleshooting_entry(catalogue):
     hooks = _hooks()
     entries, messages = catalogue
@@ -203,6 +204,7 @@ def test_every_raised_message_has_a_troubleshooting_entry(catalogue):
                          "entry of its family):\n" + "\n".join(missing))
 
 
+@pytest.mark.docs  # runs the catalogue's examples (`make docs`)
 def test_catalogue_is_exact(catalogue):
     """Every `covers` phrase still names a message (no stale phrase), is no shorter than
     the rule allows, and belongs to one entry; every allow-listed internal site exists."""
@@ -225,6 +227,7 @@ def test_catalogue_is_exact(catalogue):
     assert not problems, "\n".join(problems)
 
 
+@pytest.mark.docs  # runs the catalogue's examples (`make docs`)
 def test_a_new_message_needs_an_entry(catalogue, tmp_path):
     """The coverage rule is strict: a raise site with new wording is not covered, and one
     worded like a catalogued message is."""

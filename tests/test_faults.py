@@ -211,6 +211,9 @@ def test_a_stop_checkpoints_and_a_rerun_ends_bitwise_like_the_uninterrupted_run(
     (w / "checkpoints" / ".latest.nkc.tmp-999-0").write_bytes(b"partial")
     (w / ".summary.json.tmp-5-0").write_bytes(b"{")
     s = nodekit.train(TINY, w)
+    # a Python caller's time to first step counts from its call (not from the import of
+    # nodekit, long before in this process)
+    assert 0 < s["time_to_first_step_s"] <= s["wall_time_s"]
     assert not list(w.rglob(".*.tmp-*"))
     assert any("2 temporary file(s)" in n for n in s["notes"])
     ref = json.loads((finished / "summary.json").read_text())

@@ -463,8 +463,10 @@ def _case(name, digits):
 
 @pytest.mark.parametrize(
     "name",
-    ["odenet", "resnet", "latent_gru", "rnn", "cnf", "ude", "anode",
-     pytest.param("latent_ode_rnn", marks=pytest.mark.slow)],
+    # (slow: the ODE-Net's convolutional field takes ~25 s to compile under grad; its
+    # shapes and the classification task's training stay in the default suite)
+    [pytest.param("odenet", marks=pytest.mark.slow), "resnet", "latent_gru", "rnn", "cnf",
+     "ude", "anode", pytest.param("latent_ode_rnn", marks=pytest.mark.slow)],
 )
 def test_training_lowers_loss_and_gradients_match_finite_differences(name, digits, x64):
     loss, model, steps, lr = _case(name, digits)
