@@ -154,8 +154,14 @@ def _forward(func, y0, ts, args, *, settings: SolveSettings, integrals, dense: b
                                                                           integrals)
     ev = None
     if event is not None:
+        # The event time's Newton iteration at the solver's tolerances, but never below
+        # what the time's dtype resolves: at rtol=1e-6, atol=1e-8 in float32 its
+        # convergence test sat at the rounding level (a falling ball's impact converged
+        # or hit the root finder's step limit depending on XLA's rounding of one add).
+        floor = 16 * float(jnp.finfo(jnp.result_type(ts)).eps)
         ev = diffrax.Event(_Condition(event),
-                           root_finder=optx.Newton(rtol=settings.rtol, atol=settings.atol))
+                           root_finder=optx.Newton(rtol=max(settings.rtol, floor),
+                                                   atol=max(settings.atol, floor)))
     sol = diffrax.diffeqsolve(
         diffrax.ODETerm(func), forward_solver, ts[0], ts[-1], dt0, y0, args=args,
         saveat=diffrax.SaveAt(ts=ts, t1=True, dense=dense), stepsize_controller=forward_controller,

@@ -115,6 +115,10 @@ _GROUPS = collect()
 def results():
     env = dict(os.environ, JAX_PLATFORMS="cpu", MPLBACKEND="Agg")
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    # the examples run as a reader runs them: without the suite's XLA setting (conftest)
+    flags = [f for f in env.get("XLA_FLAGS", "").split()
+             if not f.startswith("--xla_backend_optimization_level")]
+    env["XLA_FLAGS"] = " ".join(flags)
     proc = subprocess.run([sys.executable, "-c", RUNNER], input=json.dumps(_GROUPS),
                           capture_output=True, text=True, timeout=1200, env=env, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-4000:]
