@@ -147,6 +147,19 @@ def _read_pid(fd: int) -> int | None:
         return None
 
 
+def _create_and_lock(folder: Path, lock: _Lock, what: str) -> None:
+    """Create `folder` (and its parents) and take its lock.
+
+    **Raises:** `InputError`: the folder cannot be created, or another process holds it.
+    """
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"{what} is not writable ({e.strerror}); choose another "
+                         "with --workdir.") from None
+    lock.acquire(what)
+
+
 class WorkdirLock:
     """`with WorkdirLock(folder):` holds the exclusive lock of a folder (creating it).
 
@@ -159,12 +172,7 @@ class WorkdirLock:
         self._lock = _Lock(self.folder / ".nodekit.lock")
 
     def __enter__(self):
-        try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise InputError(f"{self.what} is not writable ({e.strerror}); choose another "
-                             "with --workdir.") from None
-        self._lock.acquire(self.what)
+        _create_and_lock(self.folder, self._lock, self.what)
         return self
 
     def __exit__(self, *exc):
@@ -213,12 +221,7 @@ class Workdir:
 
         **Raises:** `InputError`: not writable, or locked by another process.
         """
-        try:
-            self.path.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise InputError(f"{self.what} is not writable ({e.strerror}); choose another "
-                             "with --workdir.") from None
-        self._lock.acquire(self.what)
+        _create_and_lock(self.path, self._lock, self.what)
         try:
             if self._lock.stale_pid and self._lock.stale_pid != os.getpid():
                 self.notes.append(f"took over the lock of PID {self._lock.stale_pid}, which "
