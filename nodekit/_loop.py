@@ -822,7 +822,7 @@ class _Run:
                                          max_steps=s.max_steps, language="config")
             raise SolverError(
                 f"step {step}: {int(fails)} of {bs} solves in the batch failed "
-                f"(train.max_solver_failures={cfg.max_solver_failures}). Likely cause: {msg} "
+                f"(train.max_solver_failures={cfg.max_solver_failures:g}). Likely cause: {msg} "
                 f"If the loss grew over the steps before (metrics.jsonl), the learning rate "
                 f"(optimizer.learning_rate={opt.learning_rate:g}) is the likelier cause. "
                 f"The last good checkpoint (step {step}) is in {self.wd.latest}. {lr_hint}",
