@@ -230,6 +230,28 @@ def init_distributed(config: Config) -> None:
             "JAX_NUM_PROCESSES, JAX_PROCESS_ID).") from None
 
 
+def device_count(config: Config, available: list) -> int:
+    """How many of the `available` devices `train.devices` asks for.
+
+    **Raises:** `ConfigError` when more devices are asked for than exist, or the batch
+    size does not divide among them.
+    """
+    n = len(available) if config.train.devices == "all" else config.train.devices
+    if n > len(available):
+        raise ConfigError(
+            "train.devices",
+            f"got {n}, but only {len(available)} {available[0].platform} device(s) are "
+            "visible. Use 'all' or a smaller count (on CPU, XLA_FLAGS="
+            "--xla_force_host_platform_device_count=N makes N host devices).",
+        )
+    if config.train.batch_size % n:
+        raise ConfigError(
+            "train.batch_size",
+            f"got {config.train.batch_size}: must be divisible by the {n} devices of train.devices.",
+        )
+    return n
+
+
 def setup_devices(config: Config):
     """The data-parallel layout for a run: `(mesh, batch_sharding, replicated)`.
 
@@ -245,19 +267,7 @@ def setup_devices(config: Config):
 
     init_distributed(config)
     available = jax.devices()
-    n = len(available) if config.train.devices == "all" else config.train.devices
-    if n > len(available):
-        raise ConfigError(
-            "train.devices",
-            f"got {n}, but only {len(available)} {available[0].platform} device(s) are "
-            "visible. Use 'all' or a smaller count (on CPU, XLA_FLAGS="
-            "--xla_force_host_platform_device_count=N makes N host devices).",
-        )
-    if config.train.batch_size % n:
-        raise ConfigError(
-            "train.batch_size",
-            f"got {config.train.batch_size}: must be divisible by the {n} devices of train.devices.",
-        )
+    n = device_count(config, available)
     mesh = Mesh(np.array(available[:n]), ("batch",))
     return mesh, NamedSharding(mesh, PartitionSpec("batch")), NamedSharding(mesh, PartitionSpec())
 

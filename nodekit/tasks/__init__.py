@@ -63,18 +63,6 @@ def _check_devices(config) -> None:
         return
     import jax
 
-    from .._errors import ConfigError
+    from .._build import device_count
 
-    available = jax.devices()
-    want = config.train.devices
-    n = len(available) if want == "all" else want
-    if n > len(available):
-        raise ConfigError(
-            "train.devices",
-            f"got {n}, but only {len(available)} {available[0].platform} device(s) are "
-            "visible. Use 'all' or a smaller count (on CPU, XLA_FLAGS="
-            "--xla_force_host_platform_device_count=N makes N host devices).",
-        )
-    if config.train.batch_size % n:
-        raise ConfigError("train.batch_size", f"got {config.train.batch_size}: must be "
-                                              f"divisible by the {n} devices of train.devices.")
+    device_count(config, jax.devices())
