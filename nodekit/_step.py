@@ -163,10 +163,9 @@ def _remove_stale_temporaries(folder: Path, age_s: float = 3600.0) -> None:
 
 
 def _load_or_export(jitted, specs, path: Path, key: str, meta: Callable[[], dict]):
-    """`(callable, source, module, note, meta)`: the function stored at `path`
+    """`(callable, source, note, meta)`: the function stored at `path`
     (`"export-cache"`) with the `meta` stored with it,
-    or `jitted` traced, exported and stored there (`"traced+exported"`); `module` is the
-    serialised StableHLO. An entry is used only when its stored key is `key` and its
+    or `jitted` traced, exported and stored there (`"traced+exported"`). An entry is used only when its stored key is `key` and its
     content hash matches (`nodekit._io`'s cache entries); anything else is ignored and
     rebuilt, and `note` says why; a new entry stores `meta()` (called after tracing).
     A step holding host callbacks (Equinox's runtime
@@ -180,20 +179,18 @@ def _load_or_export(jitted, specs, path: Path, key: str, meta: Callable[[], dict
     if payload is not None:
         try:
             exported = export.deserialize(bytearray(payload))
-            return (jax.jit(exported.call), "export-cache", exported.mlir_module_serialized,
-                    None, stored)
+            return jax.jit(exported.call), "export-cache", None, stored
         except Exception as e:  # a valid entry JAX cannot read (another version): rebuild
             note = f"cache entry {path.name} ignored and rebuilt: unreadable ({type(e).__name__})"
     exported = export.export(jitted)(*specs)
     fresh = meta()
     _remove_stale_temporaries(path.parent)
     atomic_write_bytes(path, pack_cache_entry(key, bytes(exported.serialize()), fresh))
-    return jax.jit(exported.call), "traced+exported", exported.mlir_module_serialized, note, fresh
+    return jax.jit(exported.call), "traced+exported", note, fresh
 
 
-def _compile(fn, specs, source: str, serialized: bytes | None = None):
+def _compile(fn, specs):
     """Trace (unless loaded) and compile now, so that the timing is explicit."""
-    del source, serialized
     return fn.lower(*specs).compile()
 
 
@@ -264,7 +261,7 @@ class CompiledStep:
             if log is not None:
                 log("compiling the training step")
             with record_integrators() as recorded:
-                self._call = _compile(self._jitted, specs, self.source)
+                self._call = _compile(self._jitted, specs)
             self.integrator = summarise_integrators(recorded)
             return
         digest = _digest({
@@ -277,10 +274,10 @@ class CompiledStep:
             log("loading the compiled training step from the cache" if self.path.exists() else
                 "compiling the training step (this config's first run; the next run loads "
                 "it from the cache)")
-        module, meta = None, {}
+        meta = {}
         with record_integrators() as recorded:
             try:
-                fn, self.source, module, self.cache_note, meta = _load_or_export(
+                fn, self.source, self.cache_note, meta = _load_or_export(
                     self._jitted, specs, self.path, digest,
                     lambda: {"integrator": list(summarise_integrators(recorded))})
             except Exception as e:  # the cache is an optimisation: never fail a run over it
@@ -288,7 +285,7 @@ class CompiledStep:
                 fn, self.source = self._jitted, "traced"
             if self.cache_note and log is not None:
                 log(self.cache_note)
-            self._call = _compile(fn, specs, self.source, module)
+            self._call = _compile(fn, specs)
         stored = meta.get("integrator")
         if self.source == "export-cache" and isinstance(stored, list) and len(stored) == 2:
             self.integrator = (str(stored[0]), str(stored[1]))
